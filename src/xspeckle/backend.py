@@ -1,0 +1,152 @@
+"""Array back-end dispatch: one code path for NumPy (CPU) and CuPy (GPU).
+
+Every numerical kernel in xspeckle takes arrays and asks :func:`get_xp` for their
+module, then uses the FFT wrappers below, which call ``scipy.fft`` with worker threads
+on the CPU and ``cupyx.scipy.fft`` (cuFFT, plan-cached) on the GPU.  Nothing here
+imports CuPy unless a CuPy array or ``device="cuda"`` is actually used.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import scipy.fft as _sfft
+
+from xspeckle.errors import MethodUnavailableError
+
+__all__ = [
+    "get_xp",
+    "is_cupy",
+    "asnumpy",
+    "to_device",
+    "fft_workers",
+    "fft2",
+    "ifft2",
+    "rfft2",
+    "irfft2",
+    "fftn",
+    "ifftn",
+    "rfftn",
+    "fftfreq",
+    "rfftfreq",
+    "cuda_available",
+]
+
+
+def fft_workers() -> int:
+    """Number of CPU threads for ``scipy.fft`` (env ``XSPECKLE_FFT_WORKERS``, default all cores)."""
+    env = os.environ.get("XSPECKLE_FFT_WORKERS")
+    if env:
+        return max(1, int(env))
+    return os.cpu_count() or 1
+
+
+def is_cupy(x: Any) -> bool:
+    """True when *x* is a CuPy array (checked without importing CuPy)."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def get_xp(*arrays: Any) -> ModuleType:
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    for a in arrays:
+        if is_cupy(a):
+            import cupy
+
+            return cupy
+    return np
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # ImportError, CUDARuntimeError, ...
+        return False
+
+
+def to_device(x: Any, device: str = "cpu") -> Any:
+    """Move an array to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy)."""
+    if device == "cpu":
+        return asnumpy(x)
+    if device == "cuda":
+        if not cuda_available():
+            raise MethodUnavailableError(
+                "--device cuda needs CuPy and a CUDA GPU; install the extra with "
+                "'pip install xspeckle[gpu]' or use --device cpu"
+            )
+        import cupy
+
+        return cupy.asarray(x)
+    raise MethodUnavailableError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+
+
+def asnumpy(x: Any) -> np.ndarray:
+    """Return a NumPy array (copies from the GPU when *x* is a CuPy array)."""
+    if is_cupy(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def _fftmod(x: Any):
+    if is_cupy(x):
+        import cupyx.scipy.fft as cufft
+
+        return cufft, {}
+    return _sfft, {"workers": fft_workers()}
+
+
+def fft2(x, axes=(-2, -1), overwrite_x: bool = False):
+    """Forward 2-D complex FFT over *axes* (complex64 in, complex64 out)."""
+    m, kw = _fftmod(x)
+    return m.fft2(x, axes=axes, overwrite_x=overwrite_x, **kw)
+
+
+def ifft2(x, axes=(-2, -1), overwrite_x: bool = False):
+    """Inverse 2-D complex FFT over *axes*."""
+    m, kw = _fftmod(x)
+    return m.ifft2(x, axes=axes, overwrite_x=overwrite_x, **kw)
+
+
+def rfft2(x, axes=(-2, -1)):
+    """Forward 2-D real FFT (float32 in, complex64 out)."""
+    m, kw = _fftmod(x)
+    return m.rfft2(x, axes=axes, **kw)
+
+
+def irfft2(x, s, axes=(-2, -1)):
+    """Inverse of :func:`rfft2`; *s* is the real output shape over *axes*."""
+    m, kw = _fftmod(x)
+    return m.irfft2(x, s=s, axes=axes, **kw)
+
+
+def fftn(x, axes=None, overwrite_x: bool = False):
+    """N-D complex FFT."""
+    m, kw = _fftmod(x)
+    return m.fftn(x, axes=axes, overwrite_x=overwrite_x, **kw)
+
+
+def ifftn(x, axes=None, overwrite_x: bool = False):
+    """N-D inverse complex FFT."""
+    m, kw = _fftmod(x)
+    return m.ifftn(x, axes=axes, overwrite_x=overwrite_x, **kw)
+
+
+def rfftn(x, axes=None):
+    """N-D real FFT."""
+    m, kw = _fftmod(x)
+    return m.rfftn(x, axes=axes, **kw)
+
+
+def fftfreq(n: int, d: float = 1.0, xp: ModuleType = np, dtype=np.float32):
+    """Sample frequencies (cycles per unit of *d*) as *dtype* on the module *xp*."""
+    return xp.asarray(np.fft.fftfreq(n, d), dtype=dtype)
+
+
+def rfftfreq(n: int, d: float = 1.0, xp: ModuleType = np, dtype=np.float32):
+    """Sample frequencies of :func:`rfft2`'s last axis."""
+    return xp.asarray(np.fft.rfftfreq(n, d), dtype=dtype)
