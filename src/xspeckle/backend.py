@@ -30,6 +30,10 @@ __all__ = [
     "fftn",
     "ifftn",
     "rfftn",
+    "rfft",
+    "irfft",
+    "dctn",
+    "idctn",
     "fftfreq",
     "rfftfreq",
     "cuda_available",
@@ -140,6 +144,30 @@ def rfftn(x, axes=None):
     """N-D real FFT."""
     m, kw = _fftmod(x)
     return m.rfftn(x, axes=axes, **kw)
+
+
+def rfft(x, n=None, axis: int = -1):
+    """1-D real FFT along *axis*, zero-padded or cropped to *n* (float32 in, complex64 out)."""
+    m, kw = _fftmod(x)
+    return m.rfft(x, n=n, axis=axis, **kw)
+
+
+def irfft(x, n=None, axis: int = -1):
+    """Inverse of :func:`rfft`; *n* is the real output length along *axis*."""
+    m, kw = _fftmod(x)
+    return m.irfft(x, n=n, axis=axis, **kw)
+
+
+def dctn(x, type: int = 2, axes=(-2, -1), norm: str = "ortho"):
+    """N-D discrete cosine transform over *axes* (a mirror-padded FFT at a quarter of the cost)."""
+    m, kw = _fftmod(x)
+    return m.dctn(x, type=type, axes=axes, norm=norm, **kw)
+
+
+def idctn(x, type: int = 2, axes=(-2, -1), norm: str = "ortho"):
+    """Inverse of :func:`dctn`."""
+    m, kw = _fftmod(x)
+    return m.idctn(x, type=type, axes=axes, norm=norm, **kw)
 
 
 def fftfreq(n: int, d: float = 1.0, xp: ModuleType = np, dtype=np.float32):

@@ -9,8 +9,9 @@ by the local median, and the result is finite everywhere.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from scipy import ndimage
 
 from xspeckle import backend as B
 from xspeckle.errors import InputError
@@ -19,16 +20,45 @@ __all__ = ["normalise", "crop", "bin_frames", "fix_bad_pixels"]
 
 
 def fix_bad_pixels(img, *, mask=None, size: int = 3):
-    """Replace non-finite pixels (and those in *mask*) by the local median (float32)."""
+    """Replace non-finite pixels (and those in *mask*) by the median of their good neighbours.
+
+    Parameters
+    ----------
+    img : array (..., H, W)
+        Frames (any real dtype); returned as float32.
+    mask : bool array broadcastable to *img*, optional
+        Extra pixels to replace (hot or dead pixels).
+    size : int
+        Neighbourhood width in pixels (odd), default 3 × 3.
+
+    Returns
+    -------
+    float32 array, finite everywhere.  Only the bad pixels are touched (cost grows with
+    their number, not with the frame size); a bad pixel without any good neighbour gets
+    the median of all good pixels (0 if there are none).
+    """
     a = np.asarray(img, dtype=np.float32)
     bad = ~np.isfinite(a)
     if mask is not None:
-        bad |= np.asarray(mask, dtype=bool)
+        bad = bad | np.broadcast_to(np.asarray(mask, dtype=bool), a.shape)
     if not bad.any():
         return a
-    clean = np.where(bad, np.nanmedian(np.where(bad, np.nan, a)) if (~bad).any() else 0.0, a).astype(np.float32)
-    med = ndimage.median_filter(clean, size=(1,) * (a.ndim - 2) + (size, size))
-    return np.where(bad, med, a).astype(np.float32)
+    out = a.copy()
+    r = max(int(size), 1) // 2
+    vals = np.where(bad, np.float32(np.nan), a)
+    padded = np.pad(vals, [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)], mode="constant", constant_values=np.nan)
+    idx = np.nonzero(bad)
+    lead, ys, xs = idx[:-2], idx[-2], idx[-1]
+    neigh = np.stack([padded[lead + (ys + dy, xs + dx)] for dy in range(2 * r + 1) for dx in range(2 * r + 1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods handled below
+        med = np.nanmedian(neigh, axis=0)
+    lonely = ~np.isfinite(med)
+    if lonely.any():
+        good = ~bad
+        med[lonely] = float(np.median(a[good])) if good.any() else 0.0
+    out[idx] = med
+    return out
 
 
 def normalise(frames, flat=None, dark=None, *, eps: float = 1e-6):
@@ -60,14 +90,25 @@ def normalise(frames, flat=None, dark=None, *, eps: float = 1e-6):
             raise InputError(f"flat field shape {fl.shape} does not match frames {f.shape[-2:]}")
         if dark is not None:
             fl = fl - xp.asarray(dark, dtype=np.float32)
-        good = xp.isfinite(fl) & (fl > eps * float(xp.nanmax(xp.abs(fl)) if fl.size else 1.0))
+        finite = xp.isfinite(fl)
+        scale = float(xp.max(xp.abs(xp.where(finite, fl, np.float32(0.0))))) if fl.size else 1.0
+        good = finite & (fl > eps * scale)
         if not bool(good.any()):
             raise InputError("flat field is zero or negative everywhere (after dark subtraction); check the flat and dark frames")
         if not bool(good.all()):
             fill = float(xp.median(fl[good]))
             fl = xp.where(good, fl, np.float32(fill))
         f = f / fl
-    f = xp.where(xp.isfinite(f), f, np.float32(0.0))
+    finite = xp.isfinite(f)
+    if not bool(finite.all()):
+        # non-finite input pixels (NaN/inf in frames or dark): local 3x3 median on the CPU,
+        # the frame median on the GPU; a frame with no finite pixel becomes 0.
+        if xp is np:
+            f = fix_bad_pixels(f)
+            f = np.where(np.isfinite(f), f, np.float32(0.0))
+        else:
+            fill = xp.nanmedian(xp.where(finite, f, np.float32(np.nan)), axis=(-2, -1), keepdims=True)
+            f = xp.where(finite, f, xp.nan_to_num(fill, nan=0.0).astype(np.float32))
     return f.astype(np.float32, copy=False)
 
 

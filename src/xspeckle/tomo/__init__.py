@@ -1,0 +1,32 @@
+"""Tomography: FBP (fast Fourier gridding and a reference back-projector), rotation centre,
+conversion of phase / transmission / D_eff sinograms to delta / beta / dark-field volumes,
+quadratic background removal, and the file-level reconstruction of a retrieval file."""
+
+from xspeckle.tomo.center import find_center, find_center_pair, opposite_pair
+from xspeckle.tomo.convert import (
+    beta_from_transmission,
+    delta_from_phase,
+    diffusion_from_deff,
+    remove_background_quadratic,
+)
+# note: the function is ``xspeckle.tomo.fbp.fbp``; it is not re-exported here so that the name
+# ``xspeckle.tomo.fbp`` keeps meaning the module
+from xspeckle.tomo.fbp import FILTERS, GridrecPlan, angle_weights, backproject, fbp_filter, filter_sinogram
+from xspeckle.tomo.reconstruct import reconstruct_file
+
+__all__ = [
+    "FILTERS",
+    "GridrecPlan",
+    "angle_weights",
+    "backproject",
+    "beta_from_transmission",
+    "delta_from_phase",
+    "diffusion_from_deff",
+    "fbp_filter",
+    "filter_sinogram",
+    "find_center",
+    "find_center_pair",
+    "opposite_pair",
+    "reconstruct_file",
+    "remove_background_quadratic",
+]

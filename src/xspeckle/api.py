@@ -1,0 +1,335 @@
+"""Python API for notebooks: the command line's jobs as functions (arrays in, arrays out).
+
+Every function is a thin wrapper over the module that does the work (imported lazily, so
+``import xspeckle.api`` is cheap):
+
+=====================  ===============================================  =====================
+function               does                                             CLI twin
+=====================  ===============================================  =====================
+:func:`simulate`       a preset scan with ground truth (in memory)      ``xspeckle simulate``
+:func:`simulate_file`  the same, written to a scan file                 ``xspeckle simulate``
+:func:`retrieve`       one method on arrays (one or many angles)        —
+:func:`retrieve_file`  a whole scan file, streaming and resumable       ``xspeckle retrieve``
+:func:`calibrate`      coherence lengths from reference speckle         ``xspeckle calibrate``
+:func:`tomo`           delta/beta volumes from phase/transmission maps  —
+:func:`tomo_file`      the same from a retrieval file                   ``xspeckle tomo``
+:func:`fsc`            Fourier shell correlation of two volumes         ``xspeckle fsc``
+:func:`demo`           the demo report                                  ``xspeckle demo``
+=====================  ===============================================  =====================
+
+Units are SI and conventions those of ``interfaces.md`` (phase in rad, negative in
+matter; transmission 1 in air; D_eff in m; delta and beta positive in matter).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from xspeckle.errors import InputError
+from xspeckle.geometry import Geometry
+
+__all__ = ["simulate", "simulate_file", "retrieve", "retrieve_file", "calibrate", "tomo", "tomo_file", "fsc", "demo",
+           "methods"]
+
+
+def methods() -> list[str]:
+    """Names of the retrieval methods available in this installation (``--method`` values)."""
+    from xspeckle.retrieve import available_methods
+
+    return available_methods()
+
+
+# --------------------------------------------------------------------------- simulate
+def simulate(preset: str, *, seed: int = 0, size: int | None = None, angles: int | None = None,
+             positions: int | None = None, noise: bool = True, photons: float | None = None):
+    """Simulate a preset scan with ground truth (:func:`xspeckle.simulate.make_preset`).
+
+    Parameters
+    ----------
+    preset : str
+        ``"pwf-beads"``, ``"mist-berry"``, ``"mist-fibres"``, ``"tomo-beads"``, ``"tracking-shift"``.
+    seed : int
+        Random seed (deterministic output).
+    size : int, optional
+        Detector size in px (square).
+    angles, positions : int, optional
+        Rotation angles A and diffuser positions P.
+    noise : bool
+        Poisson and read noise.
+    photons : float, optional
+        Mean photons per pixel of the open beam.
+
+    Returns
+    -------
+    SimulatedScan
+        ``.data`` (P, A, H, W) counts, ``.reference`` (P, H, W), ``.flat``, ``.dark``,
+        ``.theta_deg`` (A,) degrees, ``.geometry``, ``.truth`` (dict of arrays),
+        ``.normalised()`` -> (reference, data) normalised float32.
+    """
+    from xspeckle.simulate import make_preset
+
+    return make_preset(preset, seed=seed, size=size, angles=angles, positions=positions, noise=noise, photons=photons)
+
+
+def simulate_file(preset: str, out_path: str | os.PathLike, *, seed: int = 0, size: int | None = None,
+                  angles: int | None = None, positions: int | None = None, overwrite: bool = False) -> Path:
+    """Simulate a preset and write it as a scan file (``xspeckle simulate PRESET OUT.h5``)."""
+    from xspeckle.simulate import simulate_preset
+
+    return Path(simulate_preset(preset, out_path, seed=seed, size=size, angles=angles, positions=positions,
+                                overwrite=overwrite))
+
+
+# --------------------------------------------------------------------------- retrieve
+def retrieve(reference, sample, geometry: Geometry, *, method: str = "mist", flat=None, dark=None,
+             progress: Callable[[int, int], None] | None = None, **params: Any) -> dict[str, np.ndarray]:
+    """Run one retrieval method on arrays.
+
+    Parameters
+    ----------
+    reference : array (P, H, W) or (H, W)
+        Reference speckle frames (diffuser in, sample out), one per diffuser position.
+        Normalised (≈ 1) unless *flat*/*dark* are given, in which case raw counts.
+    sample : array (P, H, W), (H, W) or (P, A, H, W)
+        Sample frames at the same diffuser positions; with an angle axis every angle is
+        retrieved with the same retriever (reference work done once).
+    geometry : Geometry
+        Set-up (SI units).
+    method : str
+        ``"pwf"``, ``"mist"``, ``"lcs"``, ``"umpa"``, ... (see :func:`methods`).
+    flat, dark : array (H, W) or (N, H, W), optional
+        Flat field and dark frames: the frames are then normalised
+        ``(I - dark) / (flat - dark)`` first (:func:`xspeckle.preprocess.normalise`).
+    progress : callable(done, total), optional
+        Called after each angle.
+    **params
+        Method parameters (keyword arguments of the method's Retriever).
+
+    Returns
+    -------
+    dict name -> ndarray float32
+        ``phase`` (rad), ``transmission``, ``diffusion`` (m), ``visibility``,
+        ``diffusion_tensor`` (3, ...), ``displacement`` (2, ..., px), ``residual``: shapes
+        ``(H, W)`` for one angle, ``(A, H, W)`` (``(C, A, H, W)``) with an angle axis, as in
+        the retrieval file.  ``"parameters"`` is not included; see ``retriever.parameters``
+        via :func:`xspeckle.retrieve.make_retriever` when needed.
+    """
+    from xspeckle import backend as B
+    from xspeckle.preprocess import normalise
+    from xspeckle.retrieve import make_retriever
+
+    ref = np.asarray(reference)
+    smp = np.asarray(sample)
+    if ref.ndim == 2:
+        ref = ref[None]
+    if ref.ndim != 3:
+        raise InputError(f"reference must be (P, H, W) or (H, W), got shape {ref.shape}")
+    if smp.ndim == 2:
+        smp = smp[None]
+    many = smp.ndim == 4
+    if smp.ndim not in (3, 4):
+        raise InputError(f"sample must be (P, H, W), (H, W) or (P, A, H, W), got shape {smp.shape}")
+    if smp.shape[0] != ref.shape[0] or smp.shape[-2:] != ref.shape[-2:]:
+        raise InputError(
+            f"sample {smp.shape} and reference {ref.shape} disagree: same positions P and frame size (H, W) needed"
+        )
+
+    def _mean(x):
+        if x is None:
+            return None
+        x = np.asarray(x, dtype=np.float32)
+        return x.mean(axis=0, dtype=np.float64).astype(np.float32) if x.ndim == 3 else x
+
+    fl, dk = _mean(flat), _mean(dark)
+    norm = (lambda x: normalise(x, fl, dk)) if (fl is not None or dk is not None) else (lambda x: np.asarray(x, np.float32))
+    r = make_retriever(method, norm(ref), geometry, **params)
+    if not many:
+        return {k: np.asarray(B.asnumpy(v), dtype=np.float32) for k, v in r(norm(smp)).items()}
+    n = smp.shape[1]
+    out: dict[str, np.ndarray] = {}
+    for a in range(n):
+        res = r(norm(smp[:, a]))
+        for k, v in res.items():
+            v = np.asarray(B.asnumpy(v), dtype=np.float32)
+            if k not in out:
+                shape = (v.shape[0], n) + v.shape[1:] if v.ndim == 3 else (n,) + v.shape
+                out[k] = np.empty(shape, np.float32)
+            if v.ndim == 3:
+                out[k][:, a] = v
+            else:
+                out[k][a] = v
+        if progress is not None:
+            progress(a + 1, n)
+    return out
+
+
+def retrieve_file(scan_path: str | os.PathLike, out_path: str | os.PathLike, *, method: Any,
+                  positions: Sequence[int] | str | None = None, device: str = "cpu", workers: int = 1,
+                  scheduler: Any = None, params: Mapping[str, Any] | None = None, overwrite: bool = False,
+                  progress: Callable[[int, int], None] | None = None, memory_limit_bytes: int | None = None,
+                  batch: int | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Retrieve a whole scan file (``xspeckle retrieve``): see :func:`xspeckle.pipeline.retrieve_scan`.
+
+    Streams angle by angle with bounded memory, resumes an interrupted run, runs on
+    ``workers`` local processes, a Dask ``scheduler`` or ``device="cuda"``.
+
+    Returns
+    -------
+    Path of the retrieval file (``/retrieval/<map>`` ``(A, H, W)``).
+    """
+    from xspeckle.pipeline import retrieve_scan
+
+    return retrieve_scan(scan_path, out_path, method=method, positions=positions, device=device, workers=workers,
+                         scheduler=scheduler, params=params, overwrite=overwrite, progress=progress,
+                         memory_limit_bytes=memory_limit_bytes, batch=batch, log=log)
+
+
+# --------------------------------------------------------------------------- calibrate
+def calibrate(reference, pixel_size_m: float, **kw: Any) -> dict[str, Any]:
+    """Coherence lengths from reference speckle (:func:`xspeckle.retrieve.coherence.calibrate`).
+
+    Parameters
+    ----------
+    reference : array (P, H, W) or (H, W)
+        Normalised reference speckle.
+    pixel_size_m : float
+        Detector pixel size in m.
+    **kw
+        ``model`` (``"power-gaussian"`` or ``"paper"``), ``exponent``.
+
+    Returns
+    -------
+    dict with ``coherence_length_x_m`` and ``coherence_length_y_m`` (m) and fit diagnostics.
+    """
+    from xspeckle.retrieve.coherence import calibrate as _cal
+
+    return _cal(reference, pixel_size_m, **kw).to_dict()
+
+
+# --------------------------------------------------------------------------- tomography
+def tomo(phase=None, theta_deg=None, geometry: Geometry | None = None, *, transmission=None,
+         center_px: float | None = None, filter: str = "ramlak", background: str | None = "quadratic",
+         method: str = "gridrec") -> dict[str, Any]:
+    """Reconstruct delta (from phase) and beta (from transmission) volumes by FBP.
+
+    Parameters
+    ----------
+    phase : array (A, H, W), optional
+        Phase projections in rad (the retrieval file's ``phase``; negative in matter).  A
+        single sinogram ``(A, W)`` gives a one-slice volume.
+    theta_deg : array (A,)
+        Rotation angles in degrees.
+    geometry : Geometry
+        For k and the voxel size (pixel size / magnification).
+    transmission : array (A, H, W), optional
+        Intensity transmission (1 in air).
+    center_px : float, optional
+        Rotation axis as a detector column; default from the 180-degree pair of the middle
+        rows (:func:`xspeckle.tomo.center.find_center`), else ``(W - 1) / 2``.
+    filter, method : str
+        FBP filter and algorithm (:func:`xspeckle.tomo.fbp.fbp`).
+    background : {"quadratic", None}
+        Subtract a quadratic background fitted per slice (as ``xspeckle tomo``).
+
+    Returns
+    -------
+    dict with ``delta`` and/or ``beta`` ``(Z, N, N)`` float32 (dimensionless, positive in
+    matter; Z = detector rows), ``voxel_size_m`` and ``center_px``.
+    """
+    from xspeckle.tomo.convert import beta_from_transmission, delta_from_phase, remove_background_quadratic
+
+    if geometry is None or theta_deg is None:
+        raise InputError("tomo needs theta_deg (degrees) and geometry")
+    if phase is None and transmission is None:
+        raise InputError("tomo needs phase and/or transmission projections (A, H, W)")
+    theta = np.asarray(theta_deg, dtype=np.float64).reshape(-1)
+
+    def sino(x, name):
+        a = np.asarray(x, dtype=np.float32)
+        if a.ndim == 2:
+            a = a[:, None, :]
+        if a.ndim != 3 or a.shape[0] != theta.size:
+            raise InputError(f"tomo: {name} must be (A, H, W) with A = {theta.size} angles, got shape {np.shape(x)}")
+        return np.ascontiguousarray(np.moveaxis(a, 1, 0))  # (H, A, W)
+
+    sinos = {}
+    if phase is not None:
+        sinos["delta"] = sino(phase, "phase")
+    if transmission is not None:
+        sinos["beta"] = sino(transmission, "transmission")
+    first = next(iter(sinos.values()))
+    h, _, w = first.shape
+    if center_px is None:
+        from xspeckle.tomo.center import find_center
+
+        mid = first[max(0, h // 2 - 8):h // 2 + 8]
+        if "delta" not in sinos:
+            mid = -np.log(np.clip(mid, 1e-6, None))
+        try:
+            center = float(find_center(mid, theta))
+        except Exception:  # no 180-degree pair
+            center = (w - 1) / 2.0
+    else:
+        center = float(center_px)
+    k = geometry.wavenumber_per_m
+    p = geometry.pixel_size_m / geometry.magnification
+    out: dict[str, Any] = {"voxel_size_m": p, "center_px": center}
+    kw = dict(center=center, filter=filter, method=method)
+    for v, s in sinos.items():
+        if v == "delta":
+            vol = delta_from_phase(s, theta, wavenumber_per_m=k, voxel_size_m=p, **kw)
+        else:
+            vol = beta_from_transmission(s, theta, wavenumber_per_m=k, voxel_size_m=p, **kw)
+        if background == "quadratic":
+            remove_background_quadratic(vol)
+        out[v] = np.asarray(vol, dtype=np.float32)
+    return out
+
+
+def tomo_file(retrieval_path: str | os.PathLike, out_path: str | os.PathLike, *, center_px: float | None = None,
+              overwrite: bool = False, progress: Callable[[int, int], None] | None = None, **kw: Any) -> Path:
+    """Volume file from a retrieval file (``xspeckle tomo``): :func:`xspeckle.tomo.reconstruct.reconstruct_file`."""
+    from xspeckle.tomo.reconstruct import reconstruct_file
+
+    return Path(reconstruct_file(retrieval_path, out_path, center_px=center_px, overwrite=overwrite,
+                                 progress=progress, **kw))
+
+
+# --------------------------------------------------------------------------- analysis
+def fsc(vol_a, vol_b, voxel_size_m: float = 1.0, *, crop=None) -> dict[str, Any]:
+    """Fourier shell correlation of two volumes (or ring correlation of two images).
+
+    Parameters
+    ----------
+    vol_a, vol_b : array (Z, Y, X) or (Y, X)
+        Two reconstructions of the same object with independent noise.
+    voxel_size_m : float
+        Voxel size in m.
+    crop : int or tuple, optional
+        Central box to use.
+
+    Returns
+    -------
+    dict with ``resolution_m`` (1/4 criterion), ``resolution_m_1_7`` (1/7), ``None`` where
+    the curve never crosses; ``frequency_per_m`` and ``fsc`` arrays (shells 0..Nyquist).
+    """
+    from xspeckle.analysis.fsc import THRESHOLD_QUARTER, THRESHOLD_SEVENTH, resolution_crossing
+    from xspeckle.analysis.fsc import fsc as _fsc
+
+    c = _fsc(np.asarray(vol_a), np.asarray(vol_b), voxel_size_m=voxel_size_m, crop=crop)
+    out: dict[str, Any] = {"frequency_per_m": c["frequency_per_m"], "fsc": c["fsc"], "voxel_size_m": float(voxel_size_m)}
+    for key, thr in (("resolution_m", THRESHOLD_QUARTER), ("resolution_m_1_7", THRESHOLD_SEVENTH)):
+        f = resolution_crossing(c["frequency_per_m"], c["fsc"], thr)
+        out[key] = None if f is None or f <= 0 else 1.0 / f
+    return out
+
+
+def demo(outdir: str | os.PathLike = "xspeckle-demo", progress: Callable[[str], None] | None = None) -> Path:
+    """Build the demo report (``xspeckle demo``): see :func:`xspeckle.report.run_demo`."""
+    from xspeckle.report import run_demo
+
+    return run_demo(outdir, progress=progress)

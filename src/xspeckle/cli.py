@@ -1,0 +1,617 @@
+"""The ``xspeckle`` command line (the only module that knows about it).
+
+Commands (``interfaces.md``)::
+
+    xspeckle simulate PRESET OUT.h5 [--seed N] [--size PX] [--angles A] [--overwrite]
+    xspeckle retrieve SCAN.h5 OUT.h5 --method M [--positions 0,2,...] [--device cpu|cuda]
+                      [--workers N] [--scheduler ADDRESS] [--param KEY=VALUE ...] [--overwrite]
+    xspeckle calibrate SCAN.h5 [--json] [--positions ...]
+    xspeckle tomo RETRIEVAL.h5 OUT.h5 [--center PX] [--overwrite]
+    xspeckle fsc VOLUME_A.h5 VOLUME_B.h5 [--dataset delta] [--json]
+    xspeckle info FILE.h5
+    xspeckle demo [OUTDIR]
+    xspeckle import SOURCE... OUT.h5 [--geometry SIDECAR] [--overwrite]   (extension)
+
+Error contract: a user mistake (any :class:`~xspeckle.errors.InputError`, a usage
+error, an unreadable file) prints ONE line ``xspeckle: error: ...`` on stderr and exits
+with status 2; Ctrl-C prints one line and exits with 130.  Progress bars (rich) go to
+stderr, and only when it is a terminal.
+"""
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
+
+import typer
+
+from xspeckle._version import __version__
+from xspeckle.errors import InputError, MethodUnavailableError, OutputError, ParameterError, ScanFormatError
+
+__all__ = ["app", "main", "run"]
+
+# typer >= 0.16 vendors its own copy of click (typer._click); catch the exceptions of both.
+_EXC_MODULES: list = []
+for _name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+    try:
+        _EXC_MODULES.append(importlib.import_module(_name))
+    except ImportError:  # pragma: no cover - depends on the typer version
+        pass
+
+
+def _exc(name: str) -> tuple:
+    return tuple({getattr(m, name) for m in _EXC_MODULES if hasattr(m, name)})
+
+
+_EXIT = _exc("Exit")
+_USAGE = _exc("UsageError")
+_CLICKEXC = _exc("ClickException")
+_ABORT = _exc("Abort")
+
+PROG = "xspeckle"
+
+app = typer.Typer(
+    name=PROG,
+    help="Speckle-based X-ray phase-contrast, dark-field and tomographic imaging.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    no_args_is_help=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class _Interrupted(Exception):
+    """Ctrl-C inside a command (kept apart from click's own KeyboardInterrupt handling)."""
+
+
+# --------------------------------------------------------------------------- helpers
+def _unavailable(what: str) -> MethodUnavailableError:
+    return MethodUnavailableError(f"{what} is not available yet in this version of xspeckle")
+
+
+def _import(module: str, name: str, what: str):
+    """Import ``module.name`` lazily; a missing module or function -> MethodUnavailableError."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        # only "the module itself is missing" means unavailable; a broken import inside is a bug
+        missing = getattr(exc, "name", None) or ""
+        if missing and (module == missing or module.startswith(missing + ".")):
+            raise _unavailable(what) from None
+        if missing.split(".")[0] != "xspeckle" and missing:
+            raise MethodUnavailableError(f"{what} needs the package {missing!r}; install it with pip") from None
+        raise _unavailable(what) from None
+    fn = getattr(mod, name, None)
+    if fn is None:
+        raise _unavailable(what)
+    return fn
+
+
+def _json_default(o: Any):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _dumps(obj: Any) -> str:
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(json.loads(json.dumps(obj, default=_json_default))), allow_nan=False)
+
+
+@contextlib.contextmanager
+def _progress(description: str) -> Iterator[Optional[Callable[..., None]]]:
+    """Yield a progress callback ``cb(done, total)`` drawing a rich bar on stderr (TTY only)."""
+    if not sys.stderr.isatty() or os.environ.get("XSPECKLE_NO_PROGRESS"):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    prog = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+    )
+    task = prog.add_task(description, total=None)
+
+    def cb(done=None, total=None, *args: Any, desc: Optional[str] = None, **kw: Any) -> None:
+        upd: dict[str, Any] = {}
+        if total is not None:
+            upd["total"] = total
+        if done is not None:
+            upd["completed"] = done
+        if desc is not None or kw.get("description"):
+            upd["description"] = desc or kw.get("description")
+        prog.update(task, **upd)
+
+    with prog:
+        yield cb
+
+
+def _check_input_file(path: Path) -> Path:
+    if not path.exists():
+        raise ScanFormatError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise ScanFormatError(f"{path}: is a directory, expected a file")
+    if not os.access(path, os.R_OK):
+        raise ScanFormatError(f"{path}: file is not readable (permission denied)")
+    return path
+
+
+def _check_output(out: Path, overwrite: bool, *inputs: Path) -> Path:
+    from xspeckle.io.atomic import check_output_path
+
+    for i in inputs:
+        with contextlib.suppress(OSError):
+            if out.exists() and out.resolve() == i.resolve():
+                raise OutputError(f"{out}: output would replace the input file; choose another output name")
+    return check_output_path(out, overwrite=overwrite)
+
+
+def _parse_params(items: List[str]) -> dict:
+    params: dict[str, Any] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ParameterError(f"--param {it!r}: expected KEY=VALUE, e.g. --param alpha=1e-3")
+        k, v = it.split("=", 1)
+        k = k.strip()
+        if not k.isidentifier():
+            raise ParameterError(f"--param {it!r}: {k!r} is not a valid parameter name")
+        try:
+            params[k] = json.loads(v)
+        except ValueError:
+            params[k] = v
+    return params
+
+
+def _parse_positions_text(text: Optional[str]) -> Optional[List[int]]:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    try:
+        out = [int(t) for t in items]
+    except ValueError:
+        raise ParameterError(f"--positions {text!r}: give comma-separated diffuser position indices, e.g. 0,2,5") from None
+    if any(i < 0 for i in out):
+        raise ParameterError(f"--positions {text!r}: indices start at 0 and cannot be negative")
+    return out
+
+
+def _out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+def _command(fn):
+    """Wrap a command body: Ctrl-C -> _Interrupted (one line, exit 130)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
+
+    return wrapper
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        _out(f"xspeckle {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_cb, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """xspeckle: speckle-based X-ray imaging (PWF, MIST, LCS, UMPA, XSVT, FBP, FSC)."""
+
+
+# --------------------------------------------------------------------------- simulate
+@app.command()
+@_command
+def simulate(
+    preset: str = typer.Argument(..., metavar="PRESET", help="Simulation preset name."),
+    out: Path = typer.Argument(..., metavar="OUT.h5", help="Output scan file (HDF5)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    size: Optional[int] = typer.Option(None, "--size", help="Frame size in pixels (square)."),
+    angles: Optional[int] = typer.Option(None, "--angles", help="Number of rotation angles."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+) -> None:
+    """Simulate a speckle scan with ground truth (writes a scan file)."""
+    if size is not None and size < 8:
+        raise ParameterError(f"--size {size}: frames need at least 8 pixels")
+    if angles is not None and angles < 1:
+        raise ParameterError(f"--angles {angles}: need at least 1 angle")
+    _check_output(out, overwrite)
+    presets = None
+    with contextlib.suppress(ImportError):
+        import xspeckle.simulate as sim
+
+        presets = getattr(sim, "PRESETS", None)
+    if presets is not None and preset not in presets:
+        raise ParameterError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted(presets))}")
+    fn = _import("xspeckle.simulate", "simulate_preset", "xspeckle simulate")
+    path = fn(preset, out, seed=seed, size=size, angles=angles, overwrite=overwrite)
+    _out(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- retrieve
+@app.command()
+@_command
+def retrieve(
+    scan: Path = typer.Argument(..., metavar="SCAN.h5", help="Input scan file."),
+    out: Path = typer.Argument(..., metavar="OUT.h5", help="Output retrieval file."),
+    method: str = typer.Option(..., "--method", help="pwf, mist, mist-directional, lcs, lcs-df, umpa, xsvt, of."),
+    positions: Optional[str] = typer.Option(None, "--positions", help="Diffuser positions to use, e.g. 0,2,5 (default all)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    workers: int = typer.Option(1, "--workers", help="Parallel worker processes (CPU)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (distributed run)."),
+    param: List[str] = typer.Option([], "--param", help="Method parameter KEY=VALUE (repeatable; VALUE parsed as JSON)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+) -> None:
+    """Retrieve phase, transmission and dark field from a scan."""
+    from xspeckle.retrieve import METHODS
+
+    if method not in METHODS:
+        raise MethodUnavailableError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if device not in ("cpu", "cuda"):
+        raise ParameterError(f"--device {device!r}: use cpu or cuda")
+    if workers < 1:
+        raise ParameterError(f"--workers {workers}: need at least 1")
+    pos = _parse_positions_text(positions)
+    params = _parse_params(param)
+    _check_input_file(scan)
+    from xspeckle.io.scan import Scan
+
+    with Scan(scan) as s:
+        if pos is not None:
+            s.positions(pos)
+    _check_output(out, overwrite, scan)
+    if device == "cuda":
+        from xspeckle.backend import cuda_available
+
+        if not cuda_available():
+            raise MethodUnavailableError("--device cuda needs CuPy and a CUDA GPU; install xspeckle[gpu] or use --device cpu")
+    if scheduler is not None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise MethodUnavailableError("--scheduler needs dask.distributed; install it with pip install 'xspeckle[dask]'") from None
+    fn = _import("xspeckle.pipeline", "retrieve_scan", "xspeckle retrieve (the pipeline)")
+    with _progress(f"retrieve {method}") as cb:
+        path = fn(scan, out, method=method, positions=pos, device=device, workers=workers, scheduler=scheduler,
+                  params=params, overwrite=overwrite, progress=cb)
+    _out(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- calibrate
+@app.command()
+@_command
+def calibrate(
+    scan: Path = typer.Argument(..., metavar="SCAN.h5", help="Input scan file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    positions: Optional[str] = typer.Option(None, "--positions", help="Diffuser positions to use, e.g. 0,2."),
+) -> None:
+    """Calibrate the detector-plane coherence lengths from the reference speckle."""
+    pos = _parse_positions_text(positions)
+    _check_input_file(scan)
+    from xspeckle.io.scan import Scan
+
+    fn = _import("xspeckle.retrieve.coherence", "calibrate_scan", "xspeckle calibrate")
+    with Scan(scan) as s:
+        if pos is not None:
+            s.positions(pos)
+        res = dict(fn(s, positions=pos))
+    if as_json:
+        _out(_dumps(res))
+        return
+    for k, v in res.items():
+        if isinstance(v, float) and k.endswith("_m"):
+            _out(f"{k:32s} {v:.4g} m ({v * 1e6:.3g} µm)")
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            _out(f"{k:32s} {v}")
+        else:
+            _out(f"{k:32s} <{type(v).__name__}>")
+
+
+# --------------------------------------------------------------------------- tomo
+@app.command()
+@_command
+def tomo(
+    retrieval: Path = typer.Argument(..., metavar="RETRIEVAL.h5", help="Retrieval file (xspeckle retrieve output)."),
+    out: Path = typer.Argument(..., metavar="OUT.h5", help="Output volume file."),
+    center: Optional[float] = typer.Option(None, "--center", help="Rotation centre in pixels (default: found automatically)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+) -> None:
+    """Reconstruct delta, beta (and diffusion) volumes by filtered back-projection."""
+    _check_input_file(retrieval)
+    from xspeckle.io.results import open_retrieval
+
+    with open_retrieval(retrieval) as r:
+        n_ang, w = r.n_angles, r.frame_shape[1]
+        if n_ang < 2:
+            raise ScanFormatError(f"{retrieval}: holds {n_ang} angle; tomography needs a rotation series")
+        if not ({"phase", "transmission"} & set(r.names)):
+            raise ScanFormatError(f"{retrieval}: has neither phase nor transmission to reconstruct")
+    if center is not None and not (math.isfinite(center) and 0 <= center < w):
+        raise ParameterError(f"--center {center}: must lie inside the detector width 0..{w - 1} px")
+    _check_output(out, overwrite, retrieval)
+    fn = _import("xspeckle.tomo.reconstruct", "reconstruct_file", "xspeckle tomo")
+    with _progress("tomo") as cb:
+        path = fn(retrieval, out, center_px=center, overwrite=overwrite, progress=cb)
+    _out(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- fsc
+@app.command()
+@_command
+def fsc(
+    volume_a: Path = typer.Argument(..., metavar="VOLUME_A.h5", help="First volume (e.g. even angles)."),
+    volume_b: Path = typer.Argument(..., metavar="VOLUME_B.h5", help="Second volume (e.g. odd angles)."),
+    dataset: str = typer.Option("delta", "--dataset", help="Volume dataset: delta, beta or diffusion."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Fourier shell correlation between two independent volumes (resolution in metres)."""
+    from xspeckle.io.results import open_volume
+
+    shapes = []
+    for p in (volume_a, volume_b):
+        _check_input_file(p)
+        with open_volume(p) as v:
+            if dataset not in v.names:
+                raise ScanFormatError(f"{p}: no /volume/{dataset}; the file has {', '.join(v.names)}")
+            shapes.append(v.shape)
+    if shapes[0] != shapes[1]:
+        raise ScanFormatError(f"volumes differ in shape {shapes[0]} vs {shapes[1]}; FSC needs two volumes of one grid")
+    fn = _import("xspeckle.analysis.fsc", "fsc_files", "xspeckle fsc")
+    res = dict(fn(volume_a, volume_b, dataset=dataset))
+    if as_json:
+        _out(_dumps(res))
+        return
+    for k in ("resolution_m", "resolution_m_1_7"):
+        if k in res:
+            v = res[k]
+            txt = f"{v:.4g} m ({v * 1e6:.3g} µm)" if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else str(v)
+            _out(f"{k:20s} {txt}")
+    for k, v in res.items():
+        if k not in ("resolution_m", "resolution_m_1_7") and isinstance(v, (int, float, str)):
+            _out(f"{k:20s} {v}")
+
+
+# --------------------------------------------------------------------------- info
+def _describe(path: Path) -> List[str]:
+    import h5py
+    import numpy as np
+
+    from xspeckle.io.scan import open_h5
+
+    lines: List[str] = []
+    with open_h5(path) as f:
+        if "retrieval" in f:
+            kind = "retrieval"
+        elif "volume" in f:
+            kind = "volume"
+        elif "exchange/data_reference" in f or ("exchange" in f and "geometry" in f):
+            kind = "scan"  # a broken scan file gets Scan's own precise message below
+        elif "exchange/data" in f or "entry" in f:
+            raise ScanFormatError(
+                f"{path}: a DXchange/NeXus file, not an xspeckle file; convert it with: xspeckle import {path} OUT.h5"
+            )
+        else:
+            raise ScanFormatError(
+                f"{path}: not an xspeckle file (no /exchange/data_reference, /retrieval or /volume)"
+            )
+        datasets: List[str] = []
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                units = obj.attrs.get("units", "")
+                units = units.decode() if isinstance(units, bytes) else units
+                datasets.append(f"  /{name:34s} {str(obj.shape):22s} {obj.dtype}" + (f"  [{units}]" if units else ""))
+
+        if kind == "scan":
+            from xspeckle.io.scan import Scan
+
+            Scan(path).close()  # validate first: one clear line for a broken scan file
+        f.visititems(visit)
+        root = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        geom = dict(f["geometry"].attrs) if "geometry" in f else {}
+    lines.append(f"{path}: xspeckle {kind} file")
+    if kind == "scan":
+        from xspeckle.io.scan import Scan
+
+        with Scan(path) as s:
+            lines.append(
+                f"positions={s.n_positions} angles={s.n_angles} frame={s.frame_shape[0]}x{s.frame_shape[1]} "
+                f"dtype={s.dtype} flat={'yes' if s.has_flat else 'no'} dark={'yes' if s.has_dark else 'no'}"
+            )
+            if s.n_angles > 1:
+                lines.append(f"theta: {s.theta_deg.min():g} .. {s.theta_deg.max():g} deg")
+            truth = s.truth()
+            lines.append("truth: " + (", ".join(sorted(truth)) if truth else "none"))
+    elif kind == "retrieval":
+        from xspeckle.io.results import open_retrieval
+
+        with open_retrieval(path) as r:
+            lines.append(f"method={r.method} angles={r.n_angles} frame={r.frame_shape[0]}x{r.frame_shape[1]} maps={', '.join(r.names)}"
+                         + ("" if r.complete else " (INCOMPLETE: some angles missing)"))
+            ptxt = json.dumps(r.parameters, sort_keys=True)
+            lines.append(f"parameters: {ptxt if len(ptxt) <= 400 else ptxt[:400] + ' ...'}")
+    else:
+        from xspeckle.io.results import open_volume
+
+        with open_volume(path) as v:
+            lines.append(f"volume (Z, Y, X)={v.shape} voxel_size_m={v.voxel_size_m:g} maps={', '.join(v.names)}")
+    if geom:
+        g = ", ".join(f"{k}={(v.decode() if isinstance(v, bytes) else (v.item() if hasattr(v, 'item') else v))}" for k, v in geom.items())
+        lines.append(f"geometry: {g}")
+    for k, v in root.items():
+        if k in ("parameters",):
+            continue
+        txt = str(v.item() if isinstance(v, np.generic) else v)
+        lines.append(f"attr {k}: {txt[:200]}")
+    lines.append("datasets:")
+    lines.extend(datasets)
+    return lines
+
+
+@app.command()
+@_command
+def info(
+    file: Path = typer.Argument(..., metavar="FILE.h5", help="Any xspeckle HDF5 file (scan, retrieval, volume)."),
+    check: bool = typer.Option(False, "--check", help="Scan files: read every frame and validate it (NaN, zeros, corruption)."),
+) -> None:
+    """Summarise an xspeckle HDF5 file: shapes, dtypes, geometry, method, parameters."""
+    _check_input_file(file)
+    lines = _describe(file)
+    if check and lines[0].endswith("scan file"):
+        from xspeckle.io.scan import Scan
+
+        with Scan(file) as s, _progress("check") as cb:
+            s.reference()
+            s.flat()
+            s.dark()
+            for i in range(s.n_angles):
+                s.sample(i)
+                if cb is not None:
+                    cb(i + 1, s.n_angles)
+        lines.append(f"check: OK, {s.n_positions} x {s.n_angles} sample frames, references, flats and darks readable (isolated NaN/inf pixels are repaired)")
+    for line in lines:
+        _out(line)
+
+
+# --------------------------------------------------------------------------- demo
+@app.command()
+@_command
+def demo(outdir: Path = typer.Argument(Path("xspeckle-demo"), metavar="[OUTDIR]", help="Output folder for the demo report.")) -> None:
+    """Simulate, retrieve, reconstruct and write an HTML report (a few minutes on 2 cores)."""
+    if outdir.exists() and not outdir.is_dir():
+        raise OutputError(f"{outdir}: exists and is not a folder; choose another output folder")
+    parent = outdir.parent if str(outdir.parent) else Path(".")
+    if not outdir.exists() and not parent.exists():
+        raise OutputError(f"{outdir}: parent folder {parent} does not exist; create it first")
+    target = outdir if outdir.exists() else parent
+    if not os.access(target, os.W_OK):
+        raise OutputError(f"{outdir}: folder {target} is not writable")
+    fn = _import("xspeckle.report", "run_demo", "xspeckle demo")
+    with _progress("demo") as cb:
+        path = fn(outdir, progress=cb)
+    _out(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- import
+@app.command("import")
+@_command
+def import_(
+    sources: List[Path] = typer.Argument(..., metavar="SOURCE...", help="A YAML/JSON sidecar (TIFF/EDF frames), or NXtomo/DXchange file(s), one per diffuser position."),
+    out: Path = typer.Argument(..., metavar="OUT.h5", help="Output scan file."),
+    geometry: Optional[Path] = typer.Option(None, "--geometry", help="YAML/JSON file with a geometry: section (for NeXus/DXchange input)."),
+    compression: Optional[str] = typer.Option(None, "--compression", help="HDF5 compression: gzip or lzf."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+) -> None:
+    """Convert TIFF/EDF stacks (+ sidecar), NXtomo or DXchange files into a scan file."""
+    if compression not in (None, "gzip", "lzf"):
+        raise ParameterError(f"--compression {compression!r}: use gzip or lzf")
+    for s in sources:
+        _check_input_file(s)
+    _check_output(out, overwrite, *sources)
+    sidecars = [s for s in sources if s.suffix.lower() in (".yaml", ".yml", ".json")]
+    with _progress("import") as cb:
+        if sidecars:
+            if len(sources) != 1:
+                raise ParameterError("give a single sidecar file (it lists every frame file)")
+            if geometry is not None:
+                raise ParameterError("--geometry is for NeXus/DXchange input; put the geometry in the sidecar")
+            from xspeckle.io.tiff import import_sidecar
+
+            path = import_sidecar(sources[0], out, overwrite=overwrite, compression=compression, progress=cb)
+        else:
+            g = None
+            if geometry is not None:
+                from xspeckle.io.tiff import geometry_from_mapping, load_sidecar
+
+                g = geometry_from_mapping(load_sidecar(_check_input_file(geometry)), geometry)
+            from xspeckle.io.nexus import import_hdf5
+
+            path = import_hdf5(sources, out, geometry=g, overwrite=overwrite, compression=compression, progress=cb)
+    _out(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- entry points
+def _fail(msg: str, code: int = 2) -> int:
+    one = " ".join(str(msg).split())
+    sys.stderr.write(f"{PROG}: error: {one}\n")
+    sys.stderr.flush()
+    return code
+
+
+def _usage_message(e) -> str:
+    msg = e.format_message()
+    ctx = e.ctx
+    cmd = ctx.command_path if ctx is not None else PROG
+    return f"{msg} (see '{cmd} --help')"
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """Run the command line with *argv* (default ``sys.argv[1:]``); return the exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        return _fail(f"missing command; run '{PROG} --help' to list the commands")
+    cmd = typer.main.get_command(app)
+    try:
+        rv = cmd.main(args=args, prog_name=PROG, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except _EXIT as e:
+        return int(e.exit_code or 0)
+    except _USAGE as e:
+        return _fail(_usage_message(e))
+    except _CLICKEXC as e:
+        return _fail(e.format_message())
+    except InputError as e:
+        if os.environ.get("XSPECKLE_DEBUG"):
+            raise
+        return _fail(str(e))
+    except (_Interrupted, KeyboardInterrupt, *_ABORT):
+        return _fail("interrupted (Ctrl-C); no output was left under the final name", 130)
+    except MemoryError:
+        return _fail("out of memory; use fewer --workers, fewer --positions or a machine with more RAM", 1)
+    except OSError as e:
+        if os.environ.get("XSPECKLE_DEBUG"):
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        return _fail(f"{where}{e.strerror or e}")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry point (``xspeckle``)."""
+    code = run(argv)
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError):  # e.g. `xspeckle info f.h5 | head -1`
+        pass
+    sys.exit(code)

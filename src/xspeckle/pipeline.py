@@ -1,0 +1,998 @@
+"""Whole scans at scale: stream a scan through a retriever, angle by angle, resumably.
+
+:func:`retrieve_scan` is what ``xspeckle retrieve`` runs.  It
+
+1. opens the scan lazily (:class:`xspeckle.io.scan.Scan`) and normalises the reference
+   stack once (``(R - dark) / (flat - dark)``, :func:`xspeckle.preprocess.normalise`);
+2. builds the retriever once (reference-only work is done in its ``__init__``);
+3. streams the projections: one *angle* = the ``(P', H, W)`` stack of the selected
+   diffuser positions, read, normalised, retrieved, and written into the output as soon
+   as it is done.  Memory is bounded by ``memory_limit_bytes`` (the number of angles in
+   flight is chosen from it);
+4. writes into a hidden partial file next to the output (``.OUT.h5.partial``) that
+   records which angles are finished (``/progress/angles_done``, flushed after every
+   angle) and a hash of the command's inputs.  A run stopped at any point (Ctrl-C,
+   SIGKILL, power cut of the worker) and started again with the same command skips the
+   finished angles; at the end the partial file is renamed atomically onto ``OUT.h5``,
+   so the final name never holds a partial or corrupt file.  A partial file made with
+   other inputs or parameters is discarded and the run starts fresh (it says so).
+
+Engines (the same per-projection code everywhere, so CPU results are bit-for-bit
+identical between them):
+
+* ``workers=1`` — in this process;
+* ``workers=N`` — N local processes (:class:`concurrent.futures.ProcessPoolExecutor`,
+  spawn context); every worker opens the scan itself (h5py handles cannot be pickled)
+  and only this process writes the HDF5 output;
+* ``scheduler=ADDRESS`` — a Dask distributed cluster (``dask.distributed.Client``;
+  ``pip install xspeckle[dask]``), same task function, same single writer;
+* ``device="cuda"`` — CuPy on the current GPU, several projections per step.
+
+The output follows the retrieval file of ``interfaces.md``: ``/retrieval/<name>``
+``(A, H, W)`` float32 chunked one angle per chunk (``(C, A, H, W)`` for
+``diffusion_tensor``/``displacement``), root attributes ``method``,
+``xspeckle_version``, ``parameters`` (JSON) and ``pipeline`` (JSON: scan, positions,
+device, input hash), ``/exchange/theta`` and ``/geometry`` copied from the scan.  A JSON
+log ``OUT.h5.log.json`` records the command, effective parameters, engine, timings and
+memory figures.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from xspeckle import backend as B
+from xspeckle._version import __version__
+from xspeckle.errors import InputError, MethodUnavailableError, OutputError, ScanFormatError
+from xspeckle.io.atomic import atomic_path, check_output_path
+
+__all__ = [
+    "retrieve_scan",
+    "partial_path",
+    "log_path",
+    "input_hash",
+    "estimate_memory",
+    "MemoryPlan",
+    "DEFAULT_WORKING_FACTOR",
+]
+
+logger = logging.getLogger("xspeckle.pipeline")
+
+#: retrieval outputs with a leading component axis (interfaces.md): name -> components
+_COMPONENTS = {"diffusion_tensor": 3, "displacement": 2}
+#: units of the retrieval datasets (interfaces.md)
+_UNITS = {
+    "phase": "rad",
+    "transmission": "1",
+    "diffusion": "m",
+    "diffusion_tensor": "m",
+    "visibility": "1",
+    "displacement": "px",
+    "residual": "1",
+}
+_COMPONENT_NAMES = {"diffusion_tensor": "xx,yy,xy", "displacement": "x,y"}
+
+#: temporaries of one retrieval call, in units of one ``(P, H, W)`` float32 stack, when
+#: the retriever class does not say (class attribute ``working_factor``)
+DEFAULT_WORKING_FACTOR = 8.0
+
+
+# =========================================================================== paths, hash
+def partial_path(out_path: str | os.PathLike) -> Path:
+    """Hidden partial file of an output: ``dir/.NAME.partial`` (resume state lives there)."""
+    p = Path(out_path)
+    return p.with_name(f".{p.name}.partial")
+
+
+def log_path(out_path: str | os.PathLike) -> Path:
+    """JSON log written next to an output: ``dir/NAME.log.json``."""
+    p = Path(out_path)
+    return p.with_name(f"{p.name}.log.json")
+
+
+def _json_default(o: Any):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return repr(o)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, sort_keys=True)
+
+
+def _method_ref(method: Any) -> str:
+    if isinstance(method, str):
+        return method
+    return f"{method.__module__}.{method.__qualname__}"
+
+
+def input_hash(scan_path: str | os.PathLike, *, method: Any, positions: Sequence[int], device: str,
+               params: Mapping[str, Any] | None) -> str:
+    """SHA-256 of what determines a retrieval's result (resume only when it matches).
+
+    Parameters
+    ----------
+    scan_path : path-like
+        Scan file; its resolved path, size and modification time enter the hash.
+    method : str or Retriever subclass
+    positions : sequence of int
+        Selected diffuser positions.
+    device : {"cpu", "cuda"}
+        GPU results are not bitwise equal to CPU ones, so the device is part of the hash.
+    params : mapping
+        Method parameters as given by the user.
+
+    Returns
+    -------
+    str, 64 hex digits.
+    """
+    p = Path(scan_path).resolve()
+    st = p.stat()
+    blob = _dumps({
+        "scan": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "method": _method_ref(method),
+        "positions": [int(i) for i in positions], "device": device, "params": dict(params or {}),
+        "xspeckle_version": __version__,
+    })
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# =========================================================================== memory plan
+def _array_bytes(obj: Any, seen: set[int], depth: int = 0) -> int:
+    """Bytes of the arrays reachable from *obj* (attributes, dicts, lists; 3 levels)."""
+    if id(obj) in seen or depth > 3:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray) or B.is_cupy(obj):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(_array_bytes(v, seen, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_array_bytes(v, seen, depth + 1) for v in obj)
+    d = getattr(obj, "__dict__", None)
+    if d is not None and not isinstance(obj, type):
+        return sum(_array_bytes(v, seen, depth + 1) for v in d.values())
+    return 0
+
+
+def _n_output_maps(outputs: Iterable[str]) -> int:
+    n = sum(_COMPONENTS.get(k, 1) for k in outputs)
+    return n or 7
+
+
+@dataclass
+class MemoryPlan:
+    """How a run fits into ``memory_limit_bytes`` (all figures in bytes).
+
+    Attributes
+    ----------
+    limit : int
+        The memory setting.
+    fixed : int
+        Per computing process: normalised reference, flat, dark and retriever state.
+    per_angle : int
+        One angle in flight: raw and normalised ``(P, H, W)`` float32 stacks, the
+        retriever's temporaries (``working_factor`` stacks) and the output maps.
+    output_per_angle : int
+        Output maps of one angle (held by the writer until written).
+    workers : int
+        Computing processes that fit (<= requested).
+    batch : int
+        Angles per task.
+    in_flight : int
+        Tasks submitted at once (parent-side bound).
+    """
+
+    limit: int
+    fixed: int
+    per_angle: int
+    output_per_angle: int
+    workers: int
+    batch: int
+    in_flight: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def estimate(self) -> int:
+        """Estimated peak of the arrays held by the run."""
+        return self.workers * (self.fixed + self.batch * self.per_angle) + self.in_flight * self.batch * self.output_per_angle
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"limit_bytes": self.limit, "fixed_bytes": self.fixed, "per_angle_bytes": self.per_angle,
+                "output_per_angle_bytes": self.output_per_angle, "workers": self.workers, "batch": self.batch,
+                "in_flight": self.in_flight, "estimate_bytes": self.estimate, "notes": list(self.notes)}
+
+
+def _default_memory_limit() -> int:
+    """Half of the available physical memory (psutil when installed, else sysconf), at least 256 MiB."""
+    avail = None
+    try:
+        import psutil
+
+        avail = int(psutil.virtual_memory().available)
+    except Exception:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    if not avail:
+        avail = 4 << 30
+    return max(256 << 20, avail // 2)
+
+
+def estimate_memory(*, n_positions: int, frame_shape: tuple[int, int], reference_bytes: int, state_bytes: int,
+                    outputs: Iterable[str], working_factor: float = DEFAULT_WORKING_FACTOR,
+                    memory_limit_bytes: int, workers: int = 1, batch: int | None = None,
+                    distributed: bool = False) -> MemoryPlan:
+    """Choose workers, angles per task and tasks in flight so the run fits the memory setting.
+
+    Parameters
+    ----------
+    n_positions : int
+        P', diffuser positions per angle.
+    frame_shape : (H, W)
+    reference_bytes : int
+        Normalised reference + flat + dark held by every computing process.
+    state_bytes : int
+        Retriever state (arrays precomputed in ``__init__``) not already counted.
+    outputs : iterable of str
+        Output names (sizes of the maps written per angle).
+    working_factor : float
+        Retriever temporaries, in ``(P, H, W)`` float32 stacks.
+    memory_limit_bytes : int
+        The bound.
+    workers : int
+        Requested computing processes (1 = this process).
+    batch : int, optional
+        Angles per task; default: 1.
+    distributed : bool
+        Dask cluster: the workers' memory is the cluster's business (their own limits);
+        only the parent's results in flight count against the setting.
+
+    Returns
+    -------
+    MemoryPlan
+
+    Raises
+    ------
+    InputError
+        When not even one angle fits.
+    """
+    h, w = frame_shape
+    stack = 4 * n_positions * h * w
+    out = 4 * _n_output_maps(outputs) * h * w
+    per_angle = int(2 * stack + working_factor * stack + out)
+    fixed = int(reference_bytes + state_bytes)
+    limit = int(memory_limit_bytes)
+    notes: list[str] = []
+    b = max(1, int(batch or 1))
+    if distributed:
+        # parent holds at most in_flight finished results; keep >= 2 tasks per worker queued
+        in_flight = max(1, min(2 * max(1, workers), limit // max(1, b * out)))
+        if limit < b * out:
+            raise InputError(
+                f"memory_limit_bytes={limit} is below the {b * out} bytes of one task's results; "
+                f"raise it or lower --batch"
+            )
+        return MemoryPlan(limit, fixed, per_angle, out, max(1, workers), b, in_flight, notes)
+    need1 = fixed + per_angle + out
+    if limit < need1:
+        raise InputError(
+            f"memory_limit_bytes={limit} is below the {need1} bytes ({need1 / 2**20:.1f} MiB) one projection needs "
+            f"(reference, retriever state, one angle of {n_positions} x {h} x {w}); raise the limit or crop/bin the scan"
+        )
+    n_workers = max(1, int(workers))
+    if n_workers > 1:
+        # every worker process holds its own reference + state, plus what it computes;
+        # the parent holds up to 2 tasks per worker of finished results
+        per_worker = fixed + b * per_angle + 2 * b * out
+        fit = max(1, limit // per_worker)
+        if fit < n_workers:
+            notes.append(f"memory limit allows {fit} of {n_workers} workers")
+            n_workers = int(fit)
+        while b > 1 and n_workers * (fixed + b * per_angle + 2 * b * out) > limit:
+            b -= 1
+        in_flight = 2 * n_workers
+    else:
+        while b > 1 and fixed + b * (per_angle + out) > limit:
+            b -= 1
+        in_flight = 1
+    if batch and b < int(batch):
+        notes.append(f"batch lowered from {batch} to {b} to fit the memory limit")
+    return MemoryPlan(limit, fixed, per_angle, out, n_workers, b, in_flight, notes)
+
+
+# =========================================================================== task side
+@dataclass(frozen=True)
+class _Spec:
+    """What a computing process needs to build its own state (small, picklable)."""
+
+    scan_path: str
+    positions: tuple[int, ...]
+    method: Any  # str (registry name) or a Retriever subclass (pickled by reference)
+    params_json: str
+    device: str
+
+    @property
+    def key(self) -> str:
+        return _dumps([self.scan_path, self.positions, _method_ref(self.method), self.params_json, self.device])
+
+
+class _State:
+    """Per-process (per-thread) computing state: open scan, flat/dark, retriever."""
+
+    def __init__(self, spec: _Spec, retriever=None, scan=None):
+        from xspeckle.io.scan import Scan
+
+        self.spec = spec
+        self.scan = scan if scan is not None else Scan(spec.scan_path)
+        self.positions = list(spec.positions)
+        flat, dark = self.scan.flat(), self.scan.dark()
+        if spec.device == "cuda":
+            self.flat = None if flat is None else B.to_device(flat, "cuda")
+            self.dark = None if dark is None else B.to_device(dark, "cuda")
+        else:
+            self.flat, self.dark = flat, dark
+        if retriever is None:
+            ref = _normalised_reference(self.scan, self.positions, spec.device, self.flat, self.dark)
+            retriever = _build(spec.method, ref, self.scan.geometry, json.loads(spec.params_json))
+        self.retriever = retriever
+
+
+def _resolve_method(method: Any):
+    """Return the Retriever class for a registry name or a class."""
+    if isinstance(method, str):
+        from xspeckle.retrieve import get_method
+
+        return get_method(method)
+    if isinstance(method, type) and callable(method):
+        return method
+    raise InputError(f"method must be a method name or a Retriever class, got {method!r}")
+
+
+def _build(method: Any, reference, geometry, params: Mapping[str, Any]):
+    cls = _resolve_method(method)
+    try:
+        return cls(reference, geometry, **dict(params))
+    except TypeError as exc:
+        # an unknown keyword is a user mistake (one line), not a bug
+        if "unexpected keyword" in str(exc) or "got an unexpected" in str(exc):
+            raise InputError(f"method {getattr(cls, 'name', cls.__name__)!r}: {exc}; check the parameter names") from None
+        raise
+
+
+def _normalised_reference(scan, positions, device: str, flat, dark):
+    from xspeckle.preprocess import normalise
+
+    raw = scan.reference(positions)
+    if device == "cuda":
+        raw = B.to_device(raw, "cuda")
+    return normalise(raw, flat, dark)
+
+
+def _read_angles(state: _State, angles: Sequence[int]) -> np.ndarray:
+    """Raw frames of several angles ``(B, P', H, W)`` float32."""
+    h, w = state.scan.frame_shape
+    raw = np.empty((len(angles), len(state.positions), h, w), np.float32)
+    for j, a in enumerate(angles):
+        raw[j] = state.scan.sample(int(a), state.positions)
+    return raw
+
+
+def retrieve_batch(retriever, stack, *, batch_axis: bool | None = None) -> list[dict[str, Any]]:
+    """Apply a retriever to a normalised ``(B, P, H, W)`` stack of B projections.
+
+    Parameters
+    ----------
+    retriever : Retriever
+    stack : array (B, P, H, W) float32, NumPy or CuPy
+    batch_axis : bool, optional
+        Process the B projections in one call: the retriever's ``retrieve_batch(stack)``
+        method when it has one (list of dicts), else ``retriever(stack)`` when it declares
+        ``supports_batch = True`` (dict of ``(B, ...)`` maps).  Default: when it
+        declares support and the stack is on the GPU; on the CPU projections are
+        always computed one by one (the same code as every other engine).
+
+    Returns
+    -------
+    list of B dicts name -> map (same back-end as *stack*).
+    """
+    n = int(stack.shape[0])
+    can = bool(getattr(retriever, "supports_batch", False)) or callable(getattr(retriever, "retrieve_batch", None))
+    use = can if batch_axis is None else bool(batch_axis)
+    if batch_axis is None and not B.is_cupy(stack):
+        use = False
+    if use and n > 1:
+        if callable(getattr(retriever, "retrieve_batch", None)):  # e.g. PWFRetriever.retrieve_batch
+            return list(retriever.retrieve_batch(stack))
+        out = retriever(stack)
+        return [{k: v[j] for k, v in out.items()} for j in range(n)]
+    return [retriever(stack[j]) for j in range(n)]
+
+
+def _compute(state: _State, angles: Sequence[int]) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """Read, normalise and retrieve some angles; maps come back as float32 NumPy."""
+    from xspeckle.preprocess import normalise
+
+    raw = _read_angles(state, angles)
+    if state.spec.device == "cuda":
+        raw = B.to_device(raw, "cuda")
+    norm = normalise(raw, state.flat, state.dark)
+    del raw
+    results = retrieve_batch(state.retriever, norm)
+    out = []
+    for a, res in zip(angles, results):
+        out.append((int(a), {k: np.ascontiguousarray(B.asnumpy(v), dtype=np.float32) for k, v in res.items()}))
+    return out
+
+
+_LOCAL = threading.local()
+_LOCAL_LOCK = threading.Lock()
+
+
+def _thread_state(spec: _Spec) -> _State:
+    """This thread's state for *spec* (built once per worker thread and reused)."""
+    states = getattr(_LOCAL, "states", None)
+    if states is None:
+        states = _LOCAL.states = {}
+    st = states.get(spec.key)
+    if st is None:
+        st = states[spec.key] = _State(spec)
+    return st
+
+
+def _task(spec: _Spec, angles: tuple[int, ...]) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """Task run by a worker process or a Dask worker: compute some angles."""
+    return _compute(_thread_state(spec), angles)
+
+
+def _worker_init(fft_workers: int) -> None:
+    """Initialiser of local worker processes: deterministic FFT thread count, no oversubscription."""
+    os.environ["XSPECKLE_FFT_WORKERS"] = str(int(fft_workers))
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    try:  # optional: cap BLAS/OpenMP pools to the same share of the cores
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(int(fft_workers))
+    except Exception:
+        pass
+
+
+# =========================================================================== writer
+class _PartialWriter:
+    """The resumable partial output: ``/retrieval/*`` allocated up front, ``/progress``.
+
+    Every chunk is allocated when the file is created (``H5D_ALLOC_TIME_EARLY``), so
+    writing an angle later only writes raw data at fixed places and never changes the
+    file's metadata: a process killed in the middle of a write leaves at worst that
+    angle's data torn, and that angle is not marked done.  Data is flushed *before* the
+    done flag is set (and flushed again).
+    """
+
+    def __init__(self, f: h5py.File, path: Path):
+        self.f = f
+        self.path = path
+        self._done = f["progress/angles_done"]
+        self.done = np.asarray(self._done[()], dtype=bool)
+        self.names = {k: tuple(f["retrieval"][k].shape) for k in f["retrieval"]}
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, path: Path, *, shapes: Mapping[str, tuple[int, ...]], n_angles: int, method: str,
+               parameters: Mapping[str, Any], pipeline: Mapping[str, Any], geometry_attrs: Mapping[str, Any],
+               theta_deg: np.ndarray, hash_: str) -> "_PartialWriter":
+        if path.exists():
+            path.unlink()
+        f = h5py.File(path, "w")
+        try:
+            f.attrs["method"] = str(method)
+            f.attrs["xspeckle_version"] = __version__
+            f.attrs["parameters"] = _dumps(dict(parameters))
+            f.attrs["pipeline"] = _dumps(dict(pipeline))
+            ex = f.create_group("exchange")
+            ex.create_dataset("theta", data=np.asarray(theta_deg, np.float64).reshape(-1))
+            ex["theta"].attrs["units"] = "degree"
+            g = f.create_group("geometry")
+            for k, v in geometry_attrs.items():
+                g.attrs[k] = v
+            r = f.create_group("retrieval")
+            for name, shp in shapes.items():
+                if name not in _UNITS:
+                    raise ScanFormatError(
+                        f"retriever output {name!r} is not one of {', '.join(_UNITS)} (interfaces.md, retrieval file)"
+                    )
+                if name in _COMPONENTS:
+                    if len(shp) != 3 or shp[0] != _COMPONENTS[name]:
+                        raise ScanFormatError(f"retriever output {name} has shape {shp}; expected ({_COMPONENTS[name]}, H, W)")
+                    full, chunks = (shp[0], n_angles) + tuple(shp[1:]), (1, 1) + tuple(shp[1:])
+                else:
+                    if len(shp) != 2:
+                        raise ScanFormatError(f"retriever output {name} has shape {shp}; expected (H, W)")
+                    full, chunks = (n_angles,) + tuple(shp), (1,) + tuple(shp)
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_chunk(chunks)
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+                space = h5py.h5s.create_simple(full)
+                dsid = h5py.h5d.create(r.id, name.encode(), h5py.h5t.NATIVE_FLOAT, space, dcpl=dcpl)
+                d = h5py.Dataset(dsid)
+                d.attrs["units"] = _UNITS[name]
+                if name in _COMPONENT_NAMES:
+                    d.attrs["components"] = _COMPONENT_NAMES[name]
+            p = f.create_group("progress")
+            p.attrs["input_hash"] = hash_
+            p.create_dataset("angles_done", data=np.zeros(n_angles, np.uint8))
+            f.flush()
+        except BaseException:
+            f.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        return cls(f, path)
+
+    @classmethod
+    def try_open(cls, path: Path, hash_: str, n_angles: int) -> tuple["_PartialWriter | None", str]:
+        """Open a partial file to resume; ``(None, reason)`` when it cannot be used."""
+        try:
+            f = h5py.File(path, "r+")
+        except OSError as exc:
+            if "lock" in str(exc).lower():
+                raise OutputError(
+                    f"{path}: another xspeckle run is writing this output now; wait for it or choose another name"
+                ) from None
+            return None, f"the partial file {path.name} is unreadable ({str(exc).split(' (')[0]})"
+        try:
+            prog = f.get("progress")
+            if prog is None or "angles_done" not in prog or "retrieval" not in f:
+                f.close()
+                return None, f"{path.name} is not an xspeckle partial file"
+            if prog.attrs.get("input_hash") != hash_:
+                f.close()
+                return None, "the partial file was made with other inputs or parameters"
+            w = cls(f, path)
+            if w.done.shape != (n_angles,) or not w.names:
+                f.close()
+                return None, "the partial file has another number of angles"
+            return w, ""
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            f.close()
+            return None, f"the partial file {path.name} is damaged ({str(exc).split(' (')[0]})"
+
+    # ------------------------------------------------------------------ writing
+    def write(self, angle: int, maps: Mapping[str, np.ndarray]) -> None:
+        r = self.f["retrieval"]
+        missing = [k for k in self.names if k not in maps]
+        if missing:
+            raise ScanFormatError(f"retriever returned no {', '.join(missing)} for angle {angle}")
+        for name, full in self.names.items():
+            a = np.asarray(maps[name], dtype=np.float32)
+            if len(full) == 4:
+                if a.shape != (full[0],) + full[2:]:
+                    raise ScanFormatError(f"{name} of angle {angle} has shape {a.shape}, expected {(full[0],) + full[2:]}")
+                r[name][:, angle] = a
+            else:
+                if a.shape != full[1:]:
+                    raise ScanFormatError(f"{name} of angle {angle} has shape {a.shape}, expected {full[1:]}")
+                r[name][angle] = a
+        self.f.flush()  # data on disk before the flag says so
+        self._done[angle] = 1
+        self.f.flush()
+        self.done[angle] = True
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+
+# =========================================================================== engines
+class _Serial:
+    name = "serial"
+
+    def __init__(self, state: _State):
+        self.state = state
+
+    def run(self, chunks, on_result, plan: MemoryPlan) -> None:
+        for angles in chunks:
+            for a, maps in _compute(self.state, angles):
+                on_result(a, maps)
+
+    def close(self, kill: bool = False) -> None:
+        pass
+
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+               "XSPECKLE_FFT_WORKERS")
+
+
+class _Pool:
+    """Local worker processes (spawn context; each opens the scan itself).
+
+    The thread pools of the children (BLAS, OpenMP, numba, scipy.fft) are capped to
+    ``cpu_count // workers`` through their environment, set while the pool lives (they
+    read it at import, so it cannot be changed once a child runs).
+    """
+
+    name = "processes"
+
+    def __init__(self, spec: _Spec, workers: int):
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        self._saved = {k: os.environ.get(k) for k in _THREAD_ENV}
+        for k in _THREAD_ENV:
+            os.environ[k] = str(threads)
+        self.ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                         initializer=_worker_init, initargs=(threads,))
+        self.spec = spec
+
+    def run(self, chunks, on_result, plan: MemoryPlan) -> None:
+        it = iter(chunks)
+        pending: set[cf.Future] = set()
+
+        def submit() -> bool:
+            try:
+                angles = next(it)
+            except StopIteration:
+                return False
+            pending.add(self.ex.submit(_task, self.spec, tuple(angles)))
+            return True
+
+        try:
+            for _ in range(plan.in_flight):
+                if not submit():
+                    break
+            while pending:
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    pending.discard(fut)
+                    for a, maps in fut.result():
+                        on_result(a, maps)
+                    submit()
+        except cf.process.BrokenProcessPool:
+            raise InputError(
+                "a worker process died (killed, out of memory, or started from a script without the "
+                "'if __name__ == \"__main__\":' guard that multiprocessing needs); fix that, or use workers=1. "
+                "Finished angles are kept: run the same command again to resume"
+            ) from None
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            for p in list((getattr(self.ex, "_processes", None) or {}).values()):
+                with contextlib.suppress(Exception):
+                    p.terminate()
+        try:
+            self.ex.shutdown(wait=True, cancel_futures=True)
+        finally:
+            for k, v in self._saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+class _Dask:
+    """A Dask distributed cluster (``Client(address)``; a Client object is used as is)."""
+
+    name = "dask"
+
+    def __init__(self, spec: _Spec, scheduler: Any):
+        try:
+            from distributed import Client
+        except ImportError:
+            raise MethodUnavailableError(
+                "--scheduler needs Dask distributed; install it with 'pip install xspeckle[dask]'"
+            ) from None
+        self.spec = spec
+        self._own = False
+        if isinstance(scheduler, Client):
+            self.client = scheduler
+        else:
+            try:
+                self.client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise InputError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); check the address") from None
+            self._own = True
+
+    @property
+    def n_workers(self) -> int:
+        try:
+            return max(1, len(self.client.scheduler_info()["workers"]))
+        except Exception:
+            return 1
+
+    def run(self, chunks, on_result, plan: MemoryPlan) -> None:
+        from distributed import as_completed
+
+        it = iter(chunks)
+        ac = as_completed()
+        n = 0
+        for angles in it:
+            ac.add(self.client.submit(_task, self.spec, tuple(angles), pure=False))
+            n += 1
+            if n >= plan.in_flight:
+                break
+        for fut in ac:
+            res = fut.result()
+            fut.release()
+            for a, maps in res:
+                on_result(a, maps)
+            nxt = next(it, None)
+            if nxt is not None:
+                ac.add(self.client.submit(_task, self.spec, tuple(nxt), pure=False))
+
+    def close(self, kill: bool = False) -> None:
+        if self._own:
+            with contextlib.suppress(Exception):
+                self.client.close()
+
+
+# =========================================================================== main entry
+def _chunks(todo: Sequence[int], b: int) -> list[tuple[int, ...]]:
+    return [tuple(int(a) for a in todo[i:i + b]) for i in range(0, len(todo), b)]
+
+
+def _gpu_batch(plan: MemoryPlan, batch: int | None) -> int:
+    """Angles per GPU step: *batch*, else what fits in half the free GPU memory (1..64)."""
+    if batch:
+        return max(1, int(batch))
+    try:
+        import cupy
+
+        free = int(cupy.cuda.runtime.memGetInfo()[0])
+    except Exception:
+        return 1
+    room = free // 2 - plan.fixed
+    return int(max(1, min(64, room // max(1, plan.per_angle))))
+
+
+def retrieve_scan(
+    scan_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    method: Any,
+    positions: Sequence[int] | str | None = None,
+    device: str = "cpu",
+    workers: int = 1,
+    scheduler: Any = None,
+    params: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    memory_limit_bytes: int | None = None,
+    batch: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Retrieve every projection of a scan file into a retrieval file (streaming, resumable).
+
+    Parameters
+    ----------
+    scan_path : path-like
+        Scan file (``interfaces.md``): ``/exchange/data`` ``(P, A, H, W)``.
+    out_path : path-like
+        Retrieval file to write; ``/retrieval/<map>`` ``(A, H, W)`` float32.
+    method : str or Retriever subclass
+        Registry name (``"mist"``, ``"lcs"``, ...) or a class following the Retriever
+        protocol (``xspeckle.retrieve.base``).
+    positions : sequence of int or str, optional
+        Diffuser positions to use (``"0,2,5"``); default all.
+    device : {"cpu", "cuda"}
+        ``"cuda"``: CuPy on the current GPU, ``batch`` projections per step.
+    workers : int
+        Local computing processes (1 = this process).
+    scheduler : str or distributed.Client, optional
+        Address of a Dask scheduler (``tcp://host:8786``) or a Client; overrides ``workers``.
+    params : mapping, optional
+        Method parameters (keyword arguments of the retriever).
+    overwrite : bool
+        Replace an existing output (it stays untouched until the new one is complete).
+    progress : callable(done, total), optional
+        Called with angles done so far (resumed ones included) and the total A: once at
+        the start, then after every written angle.
+    memory_limit_bytes : int, optional
+        Bound on the arrays held by the run (all local processes together); default half
+        the available RAM.  Workers, angles per task and tasks in flight are chosen from it.
+    batch : int, optional
+        Angles per task (CPU engines, default 1) or per GPU step (default: what fits).
+    log : callable(str), optional
+        Receives one-line messages (resume, restart, memory decisions); default: the
+        ``xspeckle.pipeline`` logger.
+
+    Returns
+    -------
+    Path of the finished retrieval file.
+
+    Raises
+    ------
+    InputError
+        Bad scan, positions, parameters, output path, or a memory limit too small.
+    MethodUnavailableError
+        Unknown method, CuPy/CUDA absent for ``device="cuda"``, Dask absent for ``scheduler``.
+    """
+    t_start = time.perf_counter()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    say = log if log is not None else logger.info
+    final = check_output_path(out_path, overwrite=overwrite)
+    part = partial_path(final)
+    if device not in ("cpu", "cuda"):
+        raise MethodUnavailableError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+    if device == "cuda" and not B.cuda_available():
+        raise MethodUnavailableError(
+            "--device cuda needs CuPy and a CUDA GPU; install the extra with 'pip install xspeckle[gpu]' or use --device cpu"
+        )
+    try:
+        workers = int(workers)
+    except (TypeError, ValueError):
+        raise InputError(f"workers must be a whole number >= 1, got {workers!r}") from None
+    if workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    if batch is not None and int(batch) < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    if memory_limit_bytes is not None and int(memory_limit_bytes) <= 0:
+        raise InputError(f"memory_limit_bytes must be positive, got {memory_limit_bytes}")
+    cls = _resolve_method(method)  # MethodUnavailableError early, before any work
+    method_name = method if isinstance(method, str) else (getattr(cls, "name", "") or cls.__name__)
+    params = dict(params or {})
+    params_json = _dumps(params)
+
+    from xspeckle.io.scan import Scan
+
+    scan = Scan(scan_path)
+    pool = None
+    writer: _PartialWriter | None = None
+    try:
+        pos = scan.positions(positions)
+        n_ang = scan.n_angles
+        hash_ = input_hash(scan_path, method=method, positions=pos, device=device, params=params)
+        spec = _Spec(str(Path(scan_path).resolve()), tuple(pos), method if not isinstance(method, str) else method,
+                     params_json, device)
+
+        # ---- resume?
+        restarted = None
+        resumed = 0
+        if part.exists():
+            writer, why = _PartialWriter.try_open(part, hash_, n_ang)
+            if writer is None:
+                restarted = why
+                say(f"{why}: starting fresh")
+                with contextlib.suppress(OSError):
+                    part.unlink()
+            else:
+                resumed = int(writer.done.sum())
+                say(f"resuming {final.name}: {resumed} of {n_ang} angles already done")
+
+        # ---- reference and retriever, once (in this process also for the parallel engines:
+        # it validates the parameters with one clear error before any worker starts and
+        # gives the effective parameters and the state size for the memory plan)
+        t0 = time.perf_counter()
+        state = _State(spec, scan=scan)
+        retr = state.retriever
+        t_ref = time.perf_counter() - t0
+        parameters = {**params, **dict(getattr(retr, "parameters", {}) or {})}
+        ref_bytes = sum(_array_bytes(x, set()) for x in (state.flat, state.dark))
+        state_bytes = _array_bytes(retr, set())
+        outputs = tuple(getattr(retr, "outputs", ()) or ())
+        working = float(getattr(retr, "working_factor", DEFAULT_WORKING_FACTOR))
+        limit = int(memory_limit_bytes) if memory_limit_bytes is not None else _default_memory_limit()
+
+        # ---- engine and memory plan
+        if scheduler is not None and device == "cpu":
+            pool = _Dask(spec, scheduler)
+            n_req = pool.n_workers
+        else:
+            n_req = workers if device == "cpu" else 1
+        plan = estimate_memory(
+            n_positions=len(pos), frame_shape=scan.frame_shape, reference_bytes=ref_bytes, state_bytes=state_bytes,
+            outputs=outputs, working_factor=working, memory_limit_bytes=limit, workers=n_req,
+            batch=batch if device == "cpu" else 1, distributed=isinstance(pool, _Dask),
+        )
+        if device == "cuda":
+            plan.batch = _gpu_batch(plan, batch)
+        for note in plan.notes:
+            say(note)
+        if pool is None:
+            pool = _Pool(spec, plan.workers) if plan.workers > 1 else _Serial(state)
+        if not isinstance(pool, _Serial):
+            # workers build their own state; free this process's retriever
+            state.retriever = None
+            del retr
+        with open_geometry_attrs(scan.path) as geom_attrs:
+            geometry_attrs = dict(geom_attrs)
+        pipeline_info = {"scan": str(Path(scan_path).resolve()), "positions": pos, "device": device,
+                         "input_hash": hash_, "method_ref": _method_ref(method)}
+
+        total = n_ang
+        done_count = [resumed]
+        t_results: list[float] = []
+        if progress is not None:
+            progress(done_count[0], total)
+
+        def on_result(angle: int, maps: Mapping[str, np.ndarray]) -> None:
+            nonlocal writer
+            if writer is None:
+                shapes = {k: tuple(np.shape(v)) for k, v in maps.items()}
+                writer = _PartialWriter.create(
+                    part, shapes=shapes, n_angles=n_ang, method=method_name, parameters=parameters,
+                    pipeline=pipeline_info, geometry_attrs=geometry_attrs, theta_deg=scan.theta_deg, hash_=hash_,
+                )
+            if writer.done[angle]:
+                return
+            writer.write(angle, maps)
+            t_results.append(time.perf_counter())
+            done_count[0] += 1
+            if progress is not None:
+                progress(done_count[0], total)
+
+        todo = [a for a in range(n_ang) if writer is None or not writer.done[a]]
+        t1 = time.perf_counter()
+        try:
+            pool.run(_chunks(todo, plan.batch), on_result, plan)
+        except BaseException:
+            if not isinstance(pool, _Serial):
+                pool.close(kill=True)
+                pool = None
+            raise
+        t_compute = time.perf_counter() - t1
+        if writer is None:  # nothing to do and no partial file: cannot happen with A >= 1
+            raise ScanFormatError(f"{scan.path}: no angle to retrieve")
+        if not writer.done.all():
+            raise RuntimeError(f"{int((~writer.done).sum())} angles were not computed")  # a bug, not a user error
+        writer.close()
+        # ---- finalise: atomic rename; the final name never holds a partial file
+        check_output_path(final, overwrite=overwrite)
+        os.replace(part, final)
+        writer = None
+        n_new = n_ang - resumed
+        info = {
+            "xspeckle_version": __version__,
+            "command": {"scan": str(scan_path), "out": str(final), "method": _method_ref(method), "positions": pos,
+                        "device": device, "workers": workers, "scheduler": None if scheduler is None else str(scheduler),
+                        "params": params, "memory_limit_bytes": memory_limit_bytes, "batch": batch},
+            "method": method_name,
+            "parameters": parameters,
+            "input_hash": hash_,
+            "engine": "cuda" if device == "cuda" else pool.name,
+            "memory": plan.as_dict(),
+            "angles": n_ang,
+            "frame_shape": list(scan.frame_shape),
+            "resumed_angles": resumed,
+            "restarted": restarted,
+            "timings": {"setup_s": t_ref, "compute_s": t_compute, "total_s": time.perf_counter() - t_start,
+                        "projections_per_s": (n_new / t_compute) if t_compute > 0 and n_new else None,
+                        # after the first result: excludes worker start-up and per-worker set-up
+                        "steady_projections_per_s": ((len(t_results) - 1) / (t_results[-1] - t_results[0])
+                                                     if len(t_results) > 1 and t_results[-1] > t_results[0] else None)},
+            "started_utc": started,
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        with atomic_path(log_path(final), overwrite=True) as tmp:
+            tmp.write_text(json.dumps(info, indent=2, default=_json_default))
+        return final
+    finally:
+        if writer is not None:
+            writer.close()
+        if pool is not None:
+            pool.close()
+        scan.close()
+
+
+@contextlib.contextmanager
+def open_geometry_attrs(path: str | os.PathLike):
+    """Yield the raw ``/geometry`` attributes of a scan file (copied verbatim to the output)."""
+    with h5py.File(path, "r") as f:
+        g = f.get("geometry")
+        yield {} if g is None else {k: g.attrs[k] for k in g.attrs}

@@ -1,0 +1,866 @@
+"""MIST: Multimodal Intrinsic Speckle Tracking (phase, transmission and dark field).
+
+Models (``model=`` of :class:`MISTRetriever`, and plain functions):
+
+* ``"phase-object"`` (default) — Pavlov et al., J. Opt. 22, 125604 (2020)
+  (arXiv:1911.06814), Eq. (4)/(6)/(7): for every diffuser position n
+
+      I_R,n − I_S,n = (Δ/k) I_R,n ∇²φ − Δ D_eff ∇²I_R,n ,
+
+  solved per pixel in the least-squares sense over the N ≥ 2 positions for ∇²φ and
+  D_eff (closed 2×2 normal equations, float64, optional Tikhonov α); φ from ∇²φ by
+  the Tikhonov-regularised FFT inverse Laplacian (text after Eq. 7; methods.md §1.8).
+* ``"attenuating"`` — Alloo et al., J. Med. Imaging 9, 031502 (2022) (methods.md
+  §1.11): single-material attenuating object with slowly varying dark field,
+  ``I_S,n/I_R,n = G1 + Δ D ∇²I_R,n/I_R,n``; the paper's pair-wise weighted
+  determinant is the least-squares fit of this line (identity
+  Σ_{i<j}(q_j − q_i)² = N Σ(q − q̄)²), so it costs O(N) not O(N²).  Gives the
+  transmission I_ob by the single-material TIE filter (Paganin/Pavlov, methods.md §1.9)
+  and ``D_eff = D/I_ob``.  Needs γ = δ/β.
+* ``"rapid"`` — Alloo et al., Sci. Rep. 13, 5424 (2023) (methods.md §1.10): rapidly
+  varying dark field, unknowns ``[∇²(φ/k − D), D, ∂_xD, ∂_yD]`` per pixel, Tikhonov
+  α = std(A)/10⁴, low-/high-pass fusion of D with its gradient, then φ.
+* ``"transport"`` — Pavlov 2020 Eq. (1)–(2) *without* approximation (5): the speckle
+  transport term (Δ/k)∇I_R·∇φ is kept, unknowns ``[∇²φ, D_eff, u_x, u_y]`` with
+  u = Δ∇φ/(k p) the speckle displacement in px (design.md); φ by Frankot–Chellappa from
+  ∇φ.  For samples whose refraction moves the speckle by a sizeable fraction of a grain,
+  where the phase-object model's Laplacian is swamped by the neglected term.  N ≥ 4.
+* directional (:class:`DirectionalMISTRetriever`) — tensor extension of Pavlov 2020
+  Eq. (9)–(10) (methods.md §1.12) with the design.md convention: the Fokker–Planck
+  term is Δ(∂_xx(D_xx I) + ∂_yy(D_yy I) + 2∂_xy(D_xy I)).
+
+**Blur calibration** (our extension, ``blur_calibration=True`` by default): the models are
+first order in ΔD (exp(ΔD∇²) ≈ 1 + ΔD∇²), so a blur σ = sqrt(2ΔD) approaching the speckle
+size is underestimated (≈ 0.67× at σ ≈ 1.1 px on the mist-berry speckle).  At construction the
+estimator is run on a central crop of the reference diffused by the exact Fokker–Planck
+solution for a ladder of uniform D (Gaussian of covariance 2ΔD); the monotone curve
+D_true ↦ median D_estimate is inverted per pixel.  ``blur_calibration=False`` gives the
+paper's first-order estimate.
+
+Units are SI throughout (design.md): ∇² in m⁻², D_eff in m, so that
+``Δ·D_eff·∇²I`` is dimensionless; ε of the inverse Laplacian in m⁻².  Internally the
+least-squares columns are evaluated with pixel-unit derivatives and rescaled
+analytically, which keeps every normal matrix well scaled (no 1e18 entries).
+
+All solvers work on NumPy or CuPy arrays (``backend.get_xp``), process the image in
+row blocks (memory bounded by ``block_rows``) and return float32 maps that are finite
+everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xspeckle import backend as B
+from xspeckle.errors import InputError, ParameterError
+from xspeckle.geometry import Geometry
+from xspeckle.retrieve.base import Retriever, as_stack
+from xspeckle.retrieve.derivatives import gradient, hessian, laplacian
+from xspeckle.retrieve.integrate import (
+    angular_frequency_grid,
+    frankot_chellappa,
+    antisymmetric_pad,
+    mirror_pad,
+    zero_border_median,
+)
+
+__all__ = [
+    "MISTRetriever",
+    "DirectionalMISTRetriever",
+    "mist",
+    "mist_attenuating",
+    "mist_rapid",
+    "mist_directional",
+    "fuse_diffusion",
+    "single_material_tie",
+    "default_epsilon_per_m2",
+    "inverse_laplacian_dct",
+    "MODELS",
+]
+
+#: the models of :class:`MISTRetriever`
+MODELS = ("phase-object", "attenuating", "rapid", "transport")
+
+#: target size of one float64 work block (bytes) for the row-block loops
+_BLOCK_BYTES = 64 * 2**20
+
+
+# --------------------------------------------------------------------------- helpers
+def default_epsilon_per_m2(shape, pixel_size_m: float) -> float:
+    """Default Tikhonov ε (m⁻²) of the inverse Laplacian for an image of *shape*.
+
+    ε = 0.1·k_min² with k_min = 2π/(2·max(H, W)·p) the lowest non-zero angular
+    frequency of the 2H×2W mirror pad (methods.md §1.14): it only damps the very
+    lowest frequencies (lengths beyond ~3× the field of view), so the phase of objects
+    inside the field is kept, while the k → 0 noise amplification is bounded.
+    """
+    h, w = shape[-2:]
+    kmin = 2 * math.pi / (2 * max(h, w) * pixel_size_m)
+    return 0.1 * kmin * kmin
+
+
+def _rows_per_block(n_planes: int, w: int, block_rows: int | None) -> int:
+    if block_rows is not None:
+        if int(block_rows) < 1:
+            raise ParameterError(f"block_rows must be >= 1, got {block_rows}")
+        return int(block_rows)
+    return max(8, _BLOCK_BYTES // max(1, 8 * n_planes * w))
+
+
+def _finite(a, fill: float = 0.0):
+    """Replace non-finite values (float32 result)."""
+    xp = B.get_xp(a)
+    a = xp.asarray(a, dtype=np.float32)
+    bad = ~xp.isfinite(a)
+    if bool(bad.any()):
+        a = xp.where(bad, np.float32(fill), a)
+    return a
+
+
+def _check_pair(reference, sample, min_positions: int, name: str):
+    ref = as_stack(reference, "reference")
+    smp = as_stack(sample, "sample")
+    if ref.shape != smp.shape:
+        raise InputError(f"{name}: sample stack {tuple(smp.shape)} does not match reference stack {tuple(ref.shape)}")
+    if ref.shape[0] < min_positions:
+        raise InputError(f"{name} needs at least {min_positions} diffuser positions, got {ref.shape[0]}")
+    if min(ref.shape[-2:]) < 4:
+        raise InputError(f"{name}: images must be at least 4x4 pixels, got {tuple(ref.shape[-2:])}")
+    return ref, smp
+
+
+def _safe_positive(a, rel: float = 1e-3):
+    """Clip *a* below at ``rel × mean(|a|)`` (avoids division by ~0 intensities)."""
+    xp = B.get_xp(a)
+    floor = np.float32(rel * float(xp.mean(xp.abs(a))) + 1e-30)
+    return xp.maximum(a, floor)
+
+
+class _PixelLSQ:
+    """Per-pixel linear least squares ``min_x Σ_n (b_n − Σ_j A[j, n] x_j)² + α Σ_j (s_j x_j)²``.
+
+    The columns ``A`` (q, P, H, W) float32 depend on the reference only, so the
+    normal-matrix inverses are computed once (sums accumulated in float64, inverse in
+    float64: methods.md §1.8 "closed normal equations"; performance.md: float32 cancels
+    the determinant at N = 2) and stored packed (upper triangle).  ``s_j`` is the
+    global RMS of column j, so α is dimensionless (relative to the equilibrated normal
+    matrix whose mean diagonal is P).  The stored inverse and the per-projection
+    right-hand sides are float32 when the regularisation bounds the condition number
+    (α ≥ 1e-5·P), float64 otherwise.
+    """
+
+    def __init__(self, columns, alpha_rel: float, block_rows: int | None, alpha_abs_eq: float | None = None):
+        # columns: sequence of q float32 arrays (P, H, W) (the reference itself may be one: no copy)
+        xp = B.get_xp(columns[0])
+        self.A = list(columns)
+        q = len(self.A)
+        p, h, w = self.A[0].shape
+        self.q, self.p, self.h, self.w = q, p, h, w
+        self.rows = _rows_per_block(q * q + q, w, block_rows)
+        # column scales s_j = RMS over positions and pixels
+        s = np.array([math.sqrt(float(xp.vdot(c.ravel(), c.ravel())) / c.size) for c in self.A])
+        s[~(s > 0)] = 1.0
+        self.scale = s
+        # Tikhonov weight on the equilibrated system (mean diagonal = P)
+        alpha_eq = float(alpha_abs_eq) if alpha_abs_eq is not None else float(alpha_rel) * p
+        self.alpha_eq = alpha_eq
+        # float32 is enough when α bounds the condition number (sums of P ≤ ~100 float32 products
+        # carry ~1e-6 relative error, far below α); otherwise float64 throughout
+        self.dtype = np.float32 if alpha_eq >= 1e-4 * p else np.float64
+        acc_t = self.dtype
+        self.iu = [(i, j) for i in range(q) for j in range(i, q)]
+        inv = xp.empty((len(self.iu), h, w), dtype=self.dtype)
+        for y0 in range(0, h, self.rows):
+            y1 = min(h, y0 + self.rows)
+            m = {}
+            for i, j in self.iu:
+                acc = xp.zeros((y1 - y0, w), dtype=acc_t)
+                ai, aj = self.A[i], self.A[j]
+                for n in range(p):
+                    acc += ai[n, y0:y1] * aj[n, y0:y1]
+                acc = acc.astype(np.float64, copy=False)
+                acc *= 1.0 / (s[i] * s[j])
+                if i == j:
+                    acc += alpha_eq
+                m[i, j] = acc
+            if q == 2:
+                # closed 2×2 inverse (Pavlov 2020 Eq. 7 generalised to N ≥ 2 by least squares)
+                det = m[0, 0] * m[1, 1] - m[0, 1] * m[0, 1]
+                det = xp.where(xp.abs(det) > 1e-300, det, 1e-300)
+                mi = {(0, 0): m[1, 1] / det, (1, 1): m[0, 0] / det, (0, 1): -m[0, 1] / det}
+            else:
+                full = xp.empty((y1 - y0, w, q, q), dtype=np.float64)
+                for (i, j), v in m.items():
+                    full[..., i, j] = v
+                    full[..., j, i] = v
+                if alpha_eq <= 0:
+                    full += xp.eye(q) * (1e-12 * p)  # keep exactly singular pixels finite
+                fi = xp.linalg.inv(full)
+                mi = {(i, j): fi[..., i, j] for i, j in self.iu}
+            for k, (i, j) in enumerate(self.iu):
+                inv[k, y0:y1] = mi[i, j] * (1.0 / (s[i] * s[j]))
+        self.inv = inv
+
+    @property
+    def xp(self):
+        """Array module of the stored columns (not an attribute: retrievers must pickle)."""
+        return B.get_xp(self.A[0])
+
+    def solve_block(self, b, y0: int, y1: int):
+        """Solve rows ``y0:y1`` given ``b`` (P, y1−y0, W); returns x (q, rows, W)."""
+        xp = self.xp
+        q = self.q
+        r = xp.zeros((q, y1 - y0, self.w), dtype=self.dtype)
+        for j in range(q):
+            aj = self.A[j][:, y0:y1]
+            for n in range(self.p):
+                r[j] += aj[n] * b[n]
+        x = xp.zeros_like(r)
+        for k, (i, j) in enumerate(self.iu):
+            mij = self.inv[k, y0:y1]
+            x[i] += mij * r[j]
+            if i != j:
+                x[j] += mij * r[i]
+        return x
+
+    def misfit_sq(self, b, x, y0: int, y1: int):
+        """Σ_n (b_n − A_n·x)² for the block."""
+        xp = self.xp
+        out = xp.zeros((y1 - y0, self.w), dtype=self.dtype)
+        for n in range(self.p):
+            res = b[n].astype(self.dtype)
+            for j in range(self.q):
+                res -= self.A[j][n, y0:y1] * x[j]
+            out += res * res
+        return out
+
+
+def inverse_laplacian_dct(laplacian_map, pixel_size_m: float, *, epsilon_per_m2: float = 0.0):
+    """Tikhonov inverse Laplacian with even (mirror) boundaries, by a DCT-II.
+
+    Identical to :func:`xspeckle.retrieve.integrate.inverse_laplacian` with
+    ``pad="mirror"`` (the 2H×2W even extension's DFT is a DCT-II; Gureyev & Nugent;
+    Pavlov 2020 after Eq. 7) at about a quarter of the FFT work:
+    ``φ = −IDCT[DCT(f)/(k_y² + k_x² + ε)]``, ``k_j = πj/(N p)`` (rad/m).
+
+    Parameters
+    ----------
+    laplacian_map : array (..., H, W), ∇²φ in rad/m².
+    pixel_size_m : float
+    epsilon_per_m2 : float, ε ≥ 0 (m⁻²); 0 sets the k = 0 term to 0.
+
+    Returns
+    -------
+    phase : float32 (..., H, W), rad.
+    """
+    if not (epsilon_per_m2 >= 0 and math.isfinite(epsilon_per_m2)):
+        raise ParameterError(f"epsilon_per_m2 must be finite and >= 0, got {epsilon_per_m2!r}")
+    xp = B.get_xp(laplacian_map)
+    f = xp.asarray(laplacian_map, dtype=np.float32)
+    h, w = f.shape[-2:]
+    ky = xp.asarray(np.pi * np.arange(h) / (h * pixel_size_m), dtype=np.float32)[:, None]
+    kx = xp.asarray(np.pi * np.arange(w) / (w * pixel_size_m), dtype=np.float32)[None, :]
+    den = ky * ky + kx * kx + np.float32(epsilon_per_m2)
+    if epsilon_per_m2 == 0:
+        den[0, 0] = np.inf
+    spec = B.dctn(f)
+    spec *= -1.0 / den
+    return B.idctn(spec).astype(np.float32, copy=False)
+
+
+def single_material_tie(g, geometry: Geometry, gamma: float, *, pad: str = "mirror"):
+    """Single-material TIE filter ``I_ob = F⁻¹[F(G)/(1 + γΔλ|k|²/(4π))]`` (float32).
+
+    Paganin et al. J. Microsc. 206, 33 (2002); Pavlov et al. Phys. Rev. Applied 13,
+    054023 (2020); methods.md §1.9 (``1 + πγΔλ|f|²`` with |f| in cycles/m equals
+    ``1 + γΔλ|k|²/(4π)`` with |k| in rad/m).  Mirror-padded on both axes.
+
+    Parameters
+    ----------
+    g : array (..., H, W)
+        ``G = I_ob − (γΔ/2k)∇²I_ob`` (dimensionless), e.g. ``I_S/I_R`` for one position.
+    geometry : Geometry
+        Uses Δ, λ and the pixel size.
+    gamma : float
+        δ/β of the material (> 0).
+
+    Returns
+    -------
+    I_ob : float32 (..., H, W), the intensity transmission.
+    """
+    if not (gamma > 0 and math.isfinite(gamma)):
+        raise ParameterError(f"gamma (delta/beta) must be a positive number, got {gamma!r}")
+    xp = B.get_xp(g)
+    f = xp.asarray(g, dtype=np.float32)
+    h, w = f.shape[-2:]
+    if pad == "mirror":
+        f = mirror_pad(f)
+    shape = f.shape[-2:]
+    ky, kx = angular_frequency_grid(shape, geometry.pixel_size_m, xp=xp, rfft=True)
+    c = np.float32(gamma * geometry.sample_detector_distance_m * geometry.wavelength_m / (4 * math.pi))
+    den = 1 + c * (kx * kx + ky * ky)
+    spec = B.rfft2(f)
+    spec /= den
+    out = B.irfft2(spec, s=shape)
+    return xp.ascontiguousarray(out[..., :h, :w]).astype(np.float32, copy=False)
+
+
+def fuse_diffusion(d, d_dx, d_dy, pixel_size_m: float, r_m2: float):
+    """Low-/high-pass fusion of D with its retrieved gradient (Alloo et al. 2023, Eq. 14; methods.md §1.10).
+
+    ``D_f = F⁻¹[LP·F(D) + HP·F(∂_xD + i∂_yD)/(i k_x − k_y)]``, ``LP = exp(−r|k|²)``,
+    ``HP = 1 − LP`` (|k| in rad/m, r in m²).  D is mirror padded and the gradient
+    antisymmetric padded on both axes (the upstream script pads one axis only).
+
+    Parameters
+    ----------
+    d, d_dx, d_dy : array (H, W)
+        D (m), ∂_xD and ∂_yD (m/m).
+    pixel_size_m : float
+    r_m2 : float
+        Cut-off r in m² (Alloo: 20–27 µm² = 2.0e-11–2.7e-11 m²).
+
+    Returns
+    -------
+    D_f : float32 (H, W), in m.
+    """
+    if not (r_m2 > 0 and math.isfinite(r_m2)):
+        raise ParameterError(f"fusion cut-off r must be a positive length² in m², got {r_m2!r}")
+    xp = B.get_xp(d)
+    h, w = d.shape[-2:]
+    dp = mirror_pad(xp.asarray(d, dtype=np.float32))
+    gx, gy = antisymmetric_pad(xp.asarray(d_dx, dtype=np.float32), xp.asarray(d_dy, dtype=np.float32))
+    shape = dp.shape[-2:]
+    ky, kx = angular_frequency_grid(shape, pixel_size_m, xp=xp)
+    k2 = kx * kx + ky * ky
+    lp = xp.exp(-np.float32(r_m2) * k2).astype(np.float32)
+    den = (1j * kx - ky).astype(np.complex64)
+    den[0, 0] = 1.0
+    spec_d = B.fft2(dp.astype(np.complex64))
+    spec_g = B.fft2((gx + 1j * gy).astype(np.complex64))
+    spec_g /= den
+    spec_g[..., 0, 0] = 0
+    out = lp * spec_d + (1 - lp) * spec_g
+    res = B.ifft2(out, overwrite_x=True).real
+    return xp.ascontiguousarray(res[..., :h, :w]).astype(np.float32, copy=False)
+
+
+def _phase_from_laplacian(lap_phi, geometry: Geometry, epsilon_per_m2: float | None, border_px: int):
+    eps = default_epsilon_per_m2(lap_phi.shape, geometry.pixel_size_m) if epsilon_per_m2 is None else float(epsilon_per_m2)
+    # Gureyev & Nugent inverse Laplacian (Pavlov 2020 after Eq. 7), background by border median
+    phase = inverse_laplacian_dct(lap_phi, geometry.pixel_size_m, epsilon_per_m2=eps)
+    return zero_border_median(phase, border_px), eps
+
+
+# --------------------------------------------------------------------------- retrievers
+class MISTRetriever(Retriever):
+    """MIST retriever (Pavlov 2020; Alloo 2022; Alloo 2023), see the module docstring.
+
+    Parameters
+    ----------
+    reference : array (P, H, W) float32
+        Normalised reference speckle images, P ≥ 2 (P ≥ 4 for ``model="rapid"``).
+    geometry : Geometry
+        Δ = ``sample_detector_distance_m`` (diffuser upstream), energy, pixel size.
+    model : {"phase-object", "attenuating", "rapid", "transport"}
+        Forward model (module docstring).
+    alpha : float, optional
+        Tikhonov weight, dimensionless, relative to the column-equilibrated normal
+        matrix (mean diagonal = P; each unknown's column scaled to unit RMS).
+        Defaults: ``1e-3`` (phase-object: bounds the N = 2 pixels where the two
+        equations are nearly parallel, bias ≲ 0.1 % elsewhere); ``0.01`` (attenuating:
+        Alloo 2022's α = mean(P²)/100, applied exactly as there).  For ``"rapid"``
+        alpha is Alloo 2023's row weight (α·I₄ rows appended to A, i.e. α² added to
+        AᵀA of the equilibrated system); default std(A)/10⁴ of the equilibrated A, which
+        keeps the method unit-independent (in Alloo's µm units it is equally small).
+    epsilon_per_m2 : float, optional
+        Tikhonov ε (m⁻²) of the inverse Laplacian.  Default
+        :func:`default_epsilon_per_m2` (0.1·k_min²); ``model="rapid"`` defaults to
+        Alloo 2023's 1e-5 µm⁻² = 1e7 m⁻².
+    gamma : float, optional
+        δ/β, required for ``model="attenuating"`` (and used by ``"rapid"`` for an
+        optional transmission when given).
+    fusion_r_m2 : float, optional
+        ``"rapid"``: LP/HP cut-off r in m² (default 0.6·p², i.e. 25 µm² at 6.5 µm
+        pixels, inside Alloo's 20–27 µm²).
+    border_px : int
+        Border width for the background rule (:func:`zero_border_median`).
+    block_rows : int, optional
+        Rows per work block (default: ~64 MiB of float64 temporaries).
+    blur_calibration : bool
+        Map the first-order D estimate through the reference-based calibration (module
+        docstring); ``False`` = Pavlov 2020 / Alloo 2022/2023 as published.
+
+    Notes
+    -----
+    Outputs: ``phase`` (rad, border median 0 for phase-object/rapid/transport), ``diffusion``
+    (D_eff, m), ``residual`` (RMS misfit of the linear model / RMS of the data),
+    ``transmission`` for ``"attenuating"`` (and ``"rapid"`` with γ, where ``diffusion`` is
+    then D_f/T as Alloo 2023), ``displacement`` (2, H, W) px for ``"transport"``.
+    The parameters record α, ε, γ, the calibration table, etc.
+    """
+
+    name: ClassVar[str] = "mist"
+    outputs: ClassVar[tuple[str, ...]] = ("phase", "transmission", "diffusion", "displacement", "residual")
+    min_positions: ClassVar[int] = 2
+
+    def __init__(
+        self,
+        reference,
+        geometry: Geometry,
+        *,
+        model: str = "phase-object",
+        alpha: float | None = None,
+        epsilon_per_m2: float | None = None,
+        gamma: float | None = None,
+        fusion_r_m2: float | None = None,
+        border_px: int = 8,
+        block_rows: int | None = None,
+        blur_calibration: bool = True,
+    ):
+        super().__init__(reference, geometry)
+        if model not in MODELS:
+            raise ParameterError(f"MIST model must be one of {', '.join(MODELS)}; got {model!r}")
+        ref = self.reference
+        xp = B.get_xp(ref)
+        P, H, W = ref.shape
+        if min(H, W) < 4:
+            raise InputError(f"mist: images must be at least 4x4 pixels, got {(H, W)}")
+        if model in ("rapid", "transport") and P < 4:
+            raise InputError(f"mist model {model!r} solves 4 unknowns per pixel and needs >= 4 diffuser positions, got {P}")
+        if model == "attenuating" and gamma is None:
+            raise ParameterError("mist model 'attenuating' needs gamma = delta/beta of the sample material (e.g. gamma=2335 for PMMA at 25 keV)")
+        if gamma is not None and not (float(gamma) > 0 and math.isfinite(float(gamma))):
+            raise ParameterError(f"gamma (delta/beta) must be a positive number, got {gamma!r}")
+        if epsilon_per_m2 is not None and not (float(epsilon_per_m2) >= 0 and math.isfinite(float(epsilon_per_m2))):
+            raise ParameterError(f"epsilon_per_m2 must be finite and >= 0 (m^-2), got {epsilon_per_m2!r}")
+        if alpha is not None and not (float(alpha) >= 0 and math.isfinite(float(alpha))):
+            raise ParameterError(f"alpha must be finite and >= 0, got {alpha!r}")
+        self.model = model
+        self.gamma = None if gamma is None else float(gamma)
+        self.border_px = int(border_px)
+        self.block_rows = block_rows
+        p = geometry.pixel_size_m
+        delta = geometry.sample_detector_distance_m
+        k = geometry.wavenumber_per_m
+        self._p, self._delta, self._k = p, delta, k
+        if model == "rapid" and epsilon_per_m2 is None:
+            epsilon_per_m2 = 1e7  # Alloo 2023 (update script): 1e-5 µm⁻² = 1e7 m⁻²
+        self.epsilon_per_m2 = None if epsilon_per_m2 is None else float(epsilon_per_m2)
+        lap_px = laplacian(ref, 1.0)  # ∇²I_R in px⁻² (5-point stencil, derivatives.py)
+
+        if model == "phase-object":
+            # Pavlov 2020 Eq. (4)/(6): b_n = I_R − I_S = I_R·g − L_px·c,
+            # g = (Δ/k)∇²φ (1), c = Δ D_eff / p² (1)
+            self.alpha = 1e-3 if alpha is None else float(alpha)
+            lap_px *= -1
+            self._lsq = _PixelLSQ([ref, lap_px], self.alpha, block_rows)
+            self.outputs = ("phase", "diffusion", "residual")
+        elif model == "attenuating":
+            # Alloo 2022: b_n = I_S/I_R = G1 + c·q_n, q_n = ∇²I_R/I_R (px⁻²), c = ΔD/p²
+            self.alpha = 0.01 if alpha is None else float(alpha)
+            ir = _safe_positive(ref)
+            q = lap_px / ir
+            self._inv_ref = (1.0 / ir).astype(np.float32)
+            qm = xp.mean(q, axis=0, dtype=np.float64)
+            qc = (q - qm.astype(np.float32)).astype(np.float32)  # centred q_n − q̄
+            sqq = xp.sum(xp.square(qc, dtype=np.float64), axis=0)  # Σ(q − q̄)²
+            # pair-wise P = Δ Σ_{i<j} det_ij² = Δ N Σ(q − q̄)²; α = alpha·mean(P²) (Alloo 2022: mean/100)
+            pp = P * sqq  # Δ and p factors cancel in P²/(P² + α), so work in px units
+            a_abs = self.alpha * float(xp.mean(pp * pp))
+            self._qc, self._qm = qc, qm
+            # c = (Σ_{i<j} det·num)·P/(P² + α) / … expressed with the O(N) identity:
+            # Σ_{i<j} det_ij num_ij = N Σ (q − q̄) b  (b̄ drops out since Σ(q − q̄) = 0)
+            self._gain = (P * pp / (pp * pp + max(a_abs, 1e-300))).astype(np.float64)
+            self.outputs = ("phase", "transmission", "diffusion", "residual")
+        elif model == "transport":
+            # Pavlov 2020 Eq. (1)–(2) without approximation (5): the transport term is kept,
+            # I_R − I_S = I_R·g + Gx_px·ux + Gy_px·uy − L_px·c, with g = (Δ/k)∇²φ,
+            # u = Δ∇φ/(k p) (px, the speckle displacement of design.md), c = ΔD/p²
+            self.alpha = 1e-3 if alpha is None else float(alpha)
+            gy, gx = gradient(ref, 1.0)
+            lap_px *= -1
+            self._lsq = _PixelLSQ([ref, lap_px, gx, gy], self.alpha, block_rows)
+            self.outputs = ("phase", "diffusion", "displacement", "residual")
+        else:  # rapid
+            # Alloo 2023: (I_R − I_S) = I_R·u − L_px·c − 2 Gx_px·cx − 2 Gy_px·cy,
+            # u = Δ∇²(φ/k − D), c = ΔD/p², cx = Δ∂_xD/p, cy = Δ∂_yD/p (all 1)
+            gy, gx = gradient(ref, 1.0)
+            gx *= -2
+            gy *= -2
+            lap_px *= -1
+            cols = [ref, lap_px, gx, gy]
+            if alpha is None:
+                # α = std(A)/1e4 (Alloo 2023), on the equilibrated matrix; α² enters A^T A
+                s = [math.sqrt(float(xp.vdot(c.ravel(), c.ravel())) / c.size) or 1.0 for c in cols]
+                m1 = sum(float(xp.mean(cols[j], dtype=np.float64)) / s[j] for j in range(4)) / 4
+                m2 = 1.0  # mean of squares of the equilibrated entries
+                self.alpha = math.sqrt(max(m2 - m1 * m1, 0.0)) / 1e4
+            else:
+                self.alpha = float(alpha)
+            # appending α·I₄ rows to A adds α² to A^T A (Alloo 2023)
+            self._lsq = _PixelLSQ(cols, 0.0, block_rows, alpha_abs_eq=self.alpha**2)
+            self.fusion_r_m2 = 0.6 * p * p if fusion_r_m2 is None else float(fusion_r_m2)
+            self.outputs = ("phase", "diffusion", "residual") + (("transmission",) if gamma is not None else ())
+        del lap_px
+        self.parameters = {
+            "model": model,
+            "alpha": self.alpha,
+            "epsilon_per_m2": self.epsilon_per_m2
+            if self.epsilon_per_m2 is not None
+            else default_epsilon_per_m2((H, W), p),
+            "gamma": self.gamma,
+            "border_px": self.border_px,
+            "n_positions": P,
+            "sample_detector_distance_m": delta,
+        }
+        if model == "rapid":
+            self.parameters["fusion_r_m2"] = self.fusion_r_m2
+        self._calib = None
+        self._diffusion_only = False  # internal: calibration runs need D only
+        self.blur_calibration = bool(blur_calibration)
+        if self.blur_calibration:
+            self._calib = self._calibrate_blur(alpha=alpha, fusion_r_m2=fusion_r_m2)
+            self.parameters["blur_calibration"] = {
+                "true_diffusion_m": [float(v) for v in self._calib[0]],
+                "first_order_estimate_m": [float(v) for v in self._calib[1]],
+            }
+        else:
+            self.parameters["blur_calibration"] = None
+
+    # ------------------------------------------------------------------ calibration
+    #: blur widths σ (px) of the calibration ladder; D_k = (σ p)²/(2Δ)
+    _CAL_SIGMA_PX = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.45, 1.7, 2.0, 2.4)
+
+    def _calibrate_blur(self, *, alpha, fusion_r_m2, crop: int = 160):
+        """Response of this estimator to a known uniform dark field, from the reference alone.
+
+        MIST's model is first order in ΔD (Pavlov 2020 Eq. 4: exp(ΔD∇²) ≈ 1 + ΔD∇²); for a
+        blur comparable to the speckle size the first-order estimate saturates.  The reference
+        (central crop ≤ ``crop``²) is diffused by the exact Fokker–Planck solution for uniform
+        D_k (Gaussian of covariance 2ΔD_k: factor exp(−ΔD_k|k|²), design.md) and run through
+        the same estimator; the monotone part of D_k ↦ median estimate is inverted per pixel.
+        """
+        ref = self.reference
+        xp = B.get_xp(ref)
+        P, H, W = ref.shape
+        ch, cw = min(H, crop), min(W, crop)
+        y0, x0 = (H - ch) // 2, (W - cw) // 2
+        sub = xp.ascontiguousarray(ref[:, y0 : y0 + ch, x0 : x0 + cw])
+        kw = dict(model=self.model, alpha=alpha, epsilon_per_m2=self.epsilon_per_m2, gamma=self.gamma,
+                  fusion_r_m2=fusion_r_m2, border_px=self.border_px, blur_calibration=False)
+        r = MISTRetriever(sub, self.geometry, **kw)
+        r._diffusion_only = True
+        ky, kx = angular_frequency_grid((ch, cw), self._p, xp=xp, rfft=True)
+        k2 = kx * kx + ky * ky
+        spec = B.rfft2(sub)
+        m = max(4, min(ch, cw) // 8)  # ignore the wrap-around border of the periodic blur
+        d_true, d_est = [0.0], [0.0]
+        for sig in self._CAL_SIGMA_PX[1:]:
+            dk = (sig * self._p) ** 2 / (2 * self._delta)
+            blurred = B.irfft2(spec * xp.exp(-np.float32(self._delta * dk) * k2), s=(ch, cw)).astype(np.float32)
+            est = r(blurred)["diffusion"][m:-m, m:-m]
+            d_true.append(dk)
+            d_est.append(float(xp.median(est)))
+        d_true_a, d_est_a = np.array(d_true), np.array(d_est)
+        # keep the strictly increasing part (beyond it the estimate has saturated)
+        keep = 1
+        while keep < len(d_est_a) and d_est_a[keep] > d_est_a[keep - 1]:
+            keep += 1
+        return d_true_a[:keep], d_est_a[:keep]
+
+    def _apply_calibration(self, d):
+        """Map first-order D estimates (m) to calibrated D (m); linear below 0, clamped above the ladder."""
+        if self._calib is None or len(self._calib[0]) < 2:
+            return d
+        xp = B.get_xp(d)
+        t, e = self._calib
+        slope0 = t[1] / e[1]
+        out = xp.interp(d, xp.asarray(e, dtype=np.float32), xp.asarray(t, dtype=np.float32)).astype(np.float32)
+        return xp.where(d < 0, d * np.float32(slope0), out).astype(np.float32)
+
+    # ------------------------------------------------------------------ per projection
+    def _retrieve(self, sample) -> dict[str, Any]:
+        if self.model == "phase-object":
+            return self._phase_object(sample)
+        if self.model == "attenuating":
+            out = self._attenuating(sample)
+        elif self.model == "transport":
+            out = self._transport(sample)
+        else:
+            out = self._rapid(sample)
+        return out
+
+    def _calibrated(self, d):
+        return self._apply_calibration(d) if self._calib is not None else d
+
+    def _transport(self, sample):
+        xp = B.get_xp(sample)
+        ref = self.reference
+        P, H, W = ref.shape
+        lsq = self._lsq
+        x_all = xp.empty((4, H, W), dtype=np.float32)
+        res = xp.empty((H, W), dtype=np.float32)
+        for y0 in range(0, H, lsq.rows):
+            y1 = min(H, y0 + lsq.rows)
+            b = ref[:, y0:y1] - sample[:, y0:y1]  # Pavlov 2020 Eq. (1)–(2) left side
+            x = lsq.solve_block(b, y0, y1)
+            x_all[:, y0:y1] = x
+            ms = lsq.misfit_sq(b, x, y0, y1)
+            res[y0:y1] = xp.sqrt(ms / xp.maximum(xp.sum(xp.square(sample[:, y0:y1]), axis=0, dtype=np.float64), 1e-30))
+        p, delta, k = self._p, self._delta, self._k
+        if self._diffusion_only:
+            return {"diffusion": _finite(x_all[1] * np.float32(p * p / delta))}
+        u = _finite(x_all[2:])  # displacement (px), design.md: ∇φ = k p u / Δ
+        gscale = np.float32(k * p / delta)
+        phase = frankot_chellappa(u[0] * gscale, u[1] * gscale, p)  # FC 1988, antisymmetric pad
+        phase = zero_border_median(phase, self.border_px)
+        d_eff = self._calibrated(_finite(x_all[1] * np.float32(p * p / delta)))
+        return {"phase": _finite(phase), "diffusion": d_eff, "displacement": xp.ascontiguousarray(u), "residual": _finite(res)}
+
+    def _phase_object(self, sample):
+        xp = B.get_xp(sample)
+        ref = self.reference
+        P, H, W = ref.shape
+        lsq = self._lsq
+        g = xp.empty((H, W), dtype=np.float32)
+        c = xp.empty((H, W), dtype=np.float32)
+        res = xp.empty((H, W), dtype=np.float32)
+        for y0 in range(0, H, lsq.rows):
+            y1 = min(H, y0 + lsq.rows)
+            b = ref[:, y0:y1] - sample[:, y0:y1]  # Pavlov 2020 Eq. (6) left side
+            x = lsq.solve_block(b, y0, y1)
+            g[y0:y1] = x[0]
+            c[y0:y1] = x[1]
+            ms = lsq.misfit_sq(b, x, y0, y1)
+            den = xp.sum(xp.square(sample[:, y0:y1], dtype=np.float64), axis=0)
+            res[y0:y1] = xp.sqrt(ms / xp.maximum(den, 1e-30))
+        lap_phi = g * np.float32(self._k / self._delta)  # ∇²φ = (k/Δ)·g   [m⁻²]
+        d_eff = c * np.float32(self._p**2 / self._delta)  # D_eff = c·p²/Δ   [m]
+        if self._diffusion_only:
+            return {"diffusion": _finite(d_eff)}
+        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px)
+        return {"phase": _finite(phase), "diffusion": self._calibrated(_finite(d_eff)), "residual": _finite(res)}
+
+    def _attenuating(self, sample):
+        xp = B.get_xp(sample)
+        P, H, W = self.reference.shape
+        rows = _rows_per_block(3 * P, W, self.block_rows)
+        c = xp.empty((H, W), dtype=np.float32)
+        g1 = xp.empty((H, W), dtype=np.float32)
+        res = xp.empty((H, W), dtype=np.float32)
+        for y0 in range(0, H, rows):
+            y1 = min(H, y0 + rows)
+            b = sample[:, y0:y1] * self._inv_ref[:, y0:y1]  # I_S,n/I_R,n
+            qc = self._qc[:, y0:y1]
+            s = xp.zeros((y1 - y0, W), dtype=np.float64)
+            for n in range(P):
+                s += qc[n] * b[n]
+            # Alloo 2022: D·Δ/p² = (Σ det·num)·P/(P² + α) with the O(N) sums
+            cc = s * self._gain[y0:y1]
+            bm = xp.mean(b, axis=0, dtype=np.float64)
+            gg = bm - cc * self._qm[y0:y1]  # G1 = mean(I_S/I_R) − ΔD·mean(q)
+            c[y0:y1] = cc
+            g1[y0:y1] = gg
+            ms = xp.zeros_like(s)
+            for n in range(P):
+                r = b[n] - gg - cc * (qc[n] + self._qm[y0:y1])
+                ms += r * r
+            res[y0:y1] = xp.sqrt(ms / xp.maximum(xp.sum(xp.square(b, dtype=np.float64), axis=0), 1e-30))
+        if self._diffusion_only:
+            return {"diffusion": _finite(c * np.float32(self._p**2 / self._delta))}
+        g2 = c  # ΔD/p² ; G = G1 − ∇²(ΔD) = G1 − ∇²_px(c)   (Alloo 2022, methods.md §1.11)
+        gmap = g1 - laplacian(g2, 1.0)
+        iob = single_material_tie(gmap, self.geometry, self.gamma)
+        iob = xp.maximum(_finite(iob, 1.0), np.float32(1e-6))
+        d = self._calibrated(_finite(c * np.float32(self._p**2 / self._delta)))  # D (m), includes I_ob
+        d_eff = d / iob  # D_att = D / I_ob (Alloo 2022)
+        phase = np.float32(self.gamma / 2) * xp.log(iob)  # φ = (γ/2) ln T (single material)
+        return {
+            "phase": _finite(phase),
+            "transmission": _finite(iob, 1.0),
+            "diffusion": _finite(d_eff),
+            "residual": _finite(res),
+        }
+
+    def _rapid(self, sample):
+        xp = B.get_xp(sample)
+        ref = self.reference
+        P, H, W = ref.shape
+        lsq = self._lsq
+        x_all = xp.empty((4, H, W), dtype=np.float32)
+        res = xp.empty((H, W), dtype=np.float32)
+        for y0 in range(0, H, lsq.rows):
+            y1 = min(H, y0 + lsq.rows)
+            b = ref[:, y0:y1] - sample[:, y0:y1]  # Δ × left side of Alloo 2023's system
+            x = lsq.solve_block(b, y0, y1)
+            x_all[:, y0:y1] = x
+            ms = lsq.misfit_sq(b, x, y0, y1)
+            res[y0:y1] = xp.sqrt(ms / xp.maximum(xp.sum(xp.square(sample[:, y0:y1], dtype=np.float64), axis=0), 1e-30))
+        p, delta, k = self._p, self._delta, self._k
+        d = x_all[1] * np.float32(p * p / delta)  # D (m)
+        d_dx = x_all[2] * np.float32(p / delta)  # ∂_xD (1)
+        d_dy = x_all[3] * np.float32(p / delta)
+        d_f = fuse_diffusion(_finite(d), _finite(d_dx), _finite(d_dy), p, self.fusion_r_m2)
+        if self._diffusion_only:
+            return {"diffusion": _finite(d_f)}
+        # Alloo 2023 phase: (Δ/k)∇²φ I_R,n = I_R,n − I_S,n + Δ∇²(D_f I_R,n), LS over n (weights I_R,n)
+        num = xp.zeros((H, W), dtype=np.float64)
+        den = xp.zeros((H, W), dtype=np.float64)
+        scale = np.float32(delta / (p * p))
+        for n in range(P):
+            cn = ref[n] - sample[n] + scale * laplacian(d_f * ref[n], 1.0)
+            num += ref[n] * cn
+            den += ref[n] * ref[n]
+        lap_phi = (num / xp.maximum(den, 1e-30) * (k / delta)).astype(np.float32)
+        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px)
+        out = {"phase": _finite(phase), "diffusion": self._calibrated(_finite(d_f)), "residual": _finite(res)}
+        if self.gamma is not None:
+            # single-material transmission φ = (γ/2) ln T → T = exp(2φ/γ); D_att = D_f/T (Alloo 2023)
+            out["transmission"] = _finite(xp.exp(xp.minimum(2 * phase / np.float32(self.gamma), 50)), 1.0)
+            out["diffusion"] = _finite(out["diffusion"] / xp.maximum(out["transmission"], 1e-6))
+        return out
+
+
+class DirectionalMISTRetriever(Retriever):
+    """Directional-dark-field MIST: tensor extension of Pavlov 2020 Eq. (9)–(10).
+
+    Per pixel, over N ≥ 4 positions (methods.md §1.12; design.md tensor convention)::
+
+        I_R,n − I_S,n = (Δ/k) I_R,n ∇²φ − Δ (D_xx ∂_xx + D_yy ∂_yy + 2 D_xy ∂_xy) I_R,n
+
+    (slowly varying D, ∇I_R·∇φ ≈ 0 as Pavlov 2020 Eq. 3–5).  Unknowns
+    ``[∇²φ, D_xx, D_yy, D_xy]``; 4×4 normal matrices inverted once per reference (float64).
+
+    Parameters
+    ----------
+    reference : array (P, H, W)
+    geometry : Geometry
+    alpha : float
+        Tikhonov weight relative to the equilibrated normal matrix (default 1e-3).
+    epsilon_per_m2 : float, optional
+        Inverse-Laplacian ε (m⁻²), default :func:`default_epsilon_per_m2`.
+    border_px, block_rows : int
+        As :class:`MISTRetriever`.
+
+    Outputs: ``phase`` (rad), ``diffusion`` (trace/2 = isotropic-equivalent D, m),
+    ``diffusion_tensor`` (3, H, W) = D_xx, D_yy, D_xy (m), ``residual``.
+    """
+
+    name: ClassVar[str] = "mist-directional"
+    outputs: ClassVar[tuple[str, ...]] = ("phase", "diffusion", "diffusion_tensor", "residual")
+    min_positions: ClassVar[int] = 4
+
+    def __init__(
+        self,
+        reference,
+        geometry: Geometry,
+        *,
+        alpha: float = 1e-3,
+        epsilon_per_m2: float | None = None,
+        border_px: int = 8,
+        block_rows: int | None = None,
+    ):
+        super().__init__(reference, geometry)
+        if not (float(alpha) >= 0 and math.isfinite(float(alpha))):
+            raise ParameterError(f"alpha must be finite and >= 0, got {alpha!r}")
+        ref = self.reference
+        xp = B.get_xp(ref)
+        P, H, W = ref.shape
+        if min(H, W) < 4:
+            raise InputError(f"mist-directional: images must be at least 4x4 pixels, got {(H, W)}")
+        dxx, dyy, dxy = hessian(ref, 1.0)  # px⁻²
+        # columns of [g, cxx, cyy, cxy]: g = (Δ/k)∇²φ, c_ij = Δ D_ij / p²
+        dxx *= -1
+        dyy *= -1
+        dxy *= -2
+        cols = [ref, dxx, dyy, dxy]
+        self.alpha = float(alpha)
+        self._lsq = _PixelLSQ(cols, self.alpha, block_rows)
+        self.epsilon_per_m2 = None if epsilon_per_m2 is None else float(epsilon_per_m2)
+        self.border_px = int(border_px)
+        self._p = geometry.pixel_size_m
+        self._delta = geometry.sample_detector_distance_m
+        self._k = geometry.wavenumber_per_m
+        self.parameters = {
+            "model": "phase-object-directional",
+            "alpha": self.alpha,
+            "epsilon_per_m2": self.epsilon_per_m2
+            if self.epsilon_per_m2 is not None
+            else default_epsilon_per_m2((H, W), self._p),
+            "border_px": self.border_px,
+            "n_positions": P,
+            "sample_detector_distance_m": self._delta,
+        }
+
+    def _retrieve(self, sample) -> dict[str, Any]:
+        xp = B.get_xp(sample)
+        ref = self.reference
+        P, H, W = ref.shape
+        lsq = self._lsq
+        x_all = xp.empty((4, H, W), dtype=np.float32)
+        res = xp.empty((H, W), dtype=np.float32)
+        for y0 in range(0, H, lsq.rows):
+            y1 = min(H, y0 + lsq.rows)
+            b = ref[:, y0:y1] - sample[:, y0:y1]  # Pavlov 2020 Eq. (10) left side
+            x = lsq.solve_block(b, y0, y1)
+            x_all[:, y0:y1] = x
+            ms = lsq.misfit_sq(b, x, y0, y1)
+            res[y0:y1] = xp.sqrt(ms / xp.maximum(xp.sum(xp.square(sample[:, y0:y1], dtype=np.float64), axis=0), 1e-30))
+        lap_phi = x_all[0] * np.float32(self._k / self._delta)
+        tensor = x_all[1:] * np.float32(self._p**2 / self._delta)  # D_ij = c_ij p²/Δ  [m]
+        tensor = _finite(tensor)
+        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px)
+        return {
+            "phase": _finite(phase),
+            "diffusion": _finite(0.5 * (tensor[0] + tensor[1])),
+            "diffusion_tensor": xp.ascontiguousarray(tensor),
+            "residual": _finite(res),
+        }
+
+
+# --------------------------------------------------------------------------- functions
+def mist(*, reference, sample, geometry: Geometry, model: str = "phase-object", **params) -> dict[str, Any]:
+    """MIST retrieval of one projection (plain-function form of :class:`MISTRetriever`).
+
+    Parameters
+    ----------
+    reference, sample : array (P, H, W)
+        Normalised reference and sample stacks (same diffuser positions, same order).
+    geometry : Geometry
+    model : {"phase-object", "attenuating", "rapid", "transport"}
+    **params
+        ``alpha``, ``epsilon_per_m2``, ``gamma``, ``fusion_r_m2``, ``border_px``,
+        ``block_rows``, ``blur_calibration`` (see :class:`MISTRetriever`).
+
+    Returns
+    -------
+    dict of float32 (H, W) maps: ``phase`` (rad), ``diffusion`` (m), ``residual`` (1),
+    ``transmission`` (1) where the model gives it, ``displacement`` (2, H, W) px for
+    ``"transport"``.
+    """
+    ref, smp = _check_pair(reference, sample, 2, "mist")
+    return MISTRetriever(ref, geometry, model=model, **params)(smp)
+
+
+def mist_attenuating(*, reference, sample, geometry: Geometry, gamma: float, **params) -> dict[str, Any]:
+    """MIST for attenuating single-material objects (Alloo et al. 2022), see :class:`MISTRetriever`."""
+    return mist(reference=reference, sample=sample, geometry=geometry, model="attenuating", gamma=gamma, **params)
+
+
+def mist_rapid(*, reference, sample, geometry: Geometry, **params) -> dict[str, Any]:
+    """MIST for rapidly varying dark field (Alloo et al. 2023), see :class:`MISTRetriever`."""
+    return mist(reference=reference, sample=sample, geometry=geometry, model="rapid", **params)
+
+
+def mist_directional(*, reference, sample, geometry: Geometry, **params) -> dict[str, Any]:
+    """Directional MIST (tensor D), see :class:`DirectionalMISTRetriever`.
+
+    Returns ``phase``, ``diffusion``, ``diffusion_tensor`` (3, H, W) = D_xx, D_yy, D_xy
+    (m) and ``residual``.
+    """
+    ref, smp = _check_pair(reference, sample, 4, "mist-directional")
+    return DirectionalMISTRetriever(ref, geometry, **params)(smp)

@@ -1,0 +1,721 @@
+"""Preconditioned Wirtinger flow (PWF): phase and transmission from ONE speckle pair.
+
+Lee, Hugonnet, Lim & Park, Light Sci. Appl. (2026), doi:10.1038/s41377-025-02118-z, as
+specified in ``shared/specs/pwf.md`` (forward model §1, loss and gradient §2, Algorithm S2
+§3, Algorithm S1 §4; reconstructed from the authors' MIT-licensed MATLAB code).
+
+Forward model (pwf.md §1), diffuser *downstream* of the sample::
+
+    x  = exp(ψ)                        ψ = log-amplitude + i·phase (phase < 0 in matter)
+    u1 = P_L1{x}                       sample → diffuser (Fresnel, optics.py convention)
+    Y  = P_L2{t · u1}                  t: diffuser exit field estimated from the reference
+    f(ψ) = IPSF ⊛ |Y|²                 partial coherence (IOTF, Eq. 5)
+
+Objective actually minimised (pwf.md §2–3; the preconditioner of Alg. S2 acts only on the
+data gradient, which makes the iteration a preconditioned gradient descent on)::
+
+    L(ψ) = 1/(2c) ⟨Σ_r m_r² (IPSF⊛|Y|² − y_B)_r²⟩_K
+         + a_re Σ_k Γ_k²       |F{Re ψ}_k|²/N
+         + a_im Σ_k κ_k² Γ_k²  |F{Im ψ}_k|²/N          κ in cycles/pixel (P⁻¹ = 1/κ²)
+
+whose Wirtinger gradient ∂L/∂ψ*, preconditioned by M = diag(1, P⁻¹) on (Re, Im), is exactly
+the authors' update direction.  ⟨·⟩_K averages over K diffuser positions (multi-position PWF,
+pwf.md §1 end).  ``c = (max|t|²)²`` [pwf.md §2], Γ² = 1 − STF (Eqs. 14–15), y_B the sample
+softly band-limited by a Wiener filter with ε = 1e-5.
+
+Everything (one code path) runs on NumPy or CuPy arrays, complex64/float32, FFTs through
+:mod:`xspeckle.backend`.  Projections are processed in batches ``(B, K, H, W)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import scipy.fft as _sfft
+
+from xspeckle import backend as B
+from xspeckle.errors import InputError, ParameterError
+from xspeckle.geometry import Geometry
+from xspeckle.retrieve.base import Retriever, as_stack
+from xspeckle.retrieve.coherence import (
+    calibrate,
+    diffuser_transmission,
+    fresnel_transfer_yx,
+    iotf,
+    stf,
+)
+
+__all__ = ["PWFRetriever", "PWFResult", "PWFModel", "pwf", "fourier_resample", "SCHEMES", "zero_background_plane"]
+
+#: optimisation schemes: "paper" = Alg. S1 (FISTA, fixed step, no restart, correlation stop + guards);
+#: "fast" = ours (adaptive restart, larger step, loss-plateau stop), see :class:`PWFModel.solve`.
+SCHEMES = ("fast", "paper")
+
+_SCHEME_DEFAULTS = {
+    # eta: step (re, im); restart: O'Donoghue–Candès function-value restart; stop: rule
+    "paper": dict(eta=(1.0, 1.0), restart=False, stop="correlation", min_iter=300, max_iter=5000),
+    "fast": dict(eta=(1.0, 1.0), restart=True, stop="plateau", min_iter=50, max_iter=5000),
+}
+
+
+# --------------------------------------------------------------------------- helpers
+def fourier_resample(a, shape_out: tuple[int, int]):
+    """Fourier-resample ``(..., H, W)`` to ``(..., H', W')`` (crop / zero-pad the centred spectrum).
+
+    Values are rescaled by ``H'W'/(HW)`` so that a constant image keeps its value (pwf.md §4 step 4).
+    Real input gives real float32 output; complex input complex64.
+    """
+    xp = B.get_xp(a)
+    h, w = a.shape[-2:]
+    ho, wo = int(shape_out[0]), int(shape_out[1])
+    if (h, w) == (ho, wo):
+        return a
+    real = not xp.iscomplexobj(a)
+    spec = xp.fft.fftshift(B.fft2(xp.asarray(a, dtype=np.complex64)), axes=(-2, -1))
+    out = xp.zeros(a.shape[:-2] + (ho, wo), dtype=np.complex64)
+    mh, mw = min(h, ho), min(w, wo)
+    si, sj = h // 2 - mh // 2, w // 2 - mw // 2
+    di, dj = ho // 2 - mh // 2, wo // 2 - mw // 2
+    out[..., di:di + mh, dj:dj + mw] = spec[..., si:si + mh, sj:sj + mw]
+    res = B.ifft2(xp.fft.ifftshift(out, axes=(-2, -1)), overwrite_x=True)
+    res *= np.float32(ho * wo / (h * w))
+    return res.real.astype(np.float32) if real else res.astype(np.complex64)
+
+
+def _tukey(n: int, taper: float) -> np.ndarray:
+    """Tukey window of length *n* whose cosine tapers cover ``taper·n`` samples at EACH end."""
+    x = np.arange(n, dtype=np.float64)
+    wdt = max(taper * (n - 1), 1e-9)
+    win = np.ones(n)
+    lo = x < wdt
+    hi = x > (n - 1) - wdt
+    win[lo] = 0.5 * (1 - np.cos(np.pi * x[lo] / wdt))
+    win[hi] = 0.5 * (1 - np.cos(np.pi * ((n - 1) - x[hi]) / wdt))
+    return win
+
+
+def zero_background_plane(phase, background_mask):
+    """Subtract the least-squares plane ``a·y + b·x + c`` fitted over *background_mask* (pwf.md §4 step 12).
+
+    Parameters
+    ----------
+    phase : array ``(..., H, W)`` float32
+    background_mask : array ``(H, W)`` bool, sample-free pixels
+
+    Returns
+    -------
+    float32 array, same shape, with the fitted plane subtracted (per leading index).
+    """
+    xp = B.get_xp(phase)
+    h, w = phase.shape[-2:]
+    m = xp.asarray(background_mask, dtype=np.float64)
+    yy = xp.arange(h, dtype=np.float64)[:, None] - (h - 1) / 2
+    xx = xp.arange(w, dtype=np.float64)[None, :] - (w - 1) / 2
+    basis = [yy * m + 0 * xx, xx * m + 0 * yy, m]
+    n = len(basis)
+    ata = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            ata[i, j] = float((basis[i] * basis[j]).sum())
+    flat = phase.reshape((-1, h, w)).astype(np.float64)
+    atb = np.stack([B.asnumpy((flat * bi).sum(axis=(-2, -1))) for bi in basis], axis=-1)  # (N, 3)
+    coef = np.linalg.solve(ata, atb.T).T                                                 # (N, 3)
+    c = xp.asarray(coef)
+    plane = c[:, 0, None, None] * yy + c[:, 1, None, None] * xx + c[:, 2, None, None]
+    return (flat - plane).astype(np.float32).reshape(phase.shape)
+
+
+def _fast_len(n: int) -> int:
+    return int(_sfft.next_fast_len(int(n), real=False))
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class PWFResult:
+    """Result of :func:`pwf` for a batch of projections.
+
+    Attributes
+    ----------
+    phase : array ``(H, W)`` (or ``(B, H, W)``), rad, negative in matter, background plane zeroed
+    transmission : array, intensity transmission ``exp(2 Re ψ)`` (1 in air)
+    residual : array, RMSE image ``|y − f(ψ)|`` / mean reference (RMS over positions when K > 1)
+    psi : array complex64, the retrieved ψ on the detector grid (before background zeroing)
+    iterations : list of int, iterations used per projection
+    stop_reason : list of str
+    loss_history : list of 1-D float arrays (loss L per iteration, per projection)
+    parameters : dict, effective parameters (JSON-able)
+    """
+
+    phase: Any
+    transmission: Any
+    residual: Any
+    psi: Any
+    iterations: list
+    stop_reason: list
+    loss_history: list
+    parameters: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- model
+class PWFModel:
+    """Precomputed PWF operators for one reference stack (reference-only work).
+
+    Parameters
+    ----------
+    reference : array ``(K, H, W)`` float32
+        Flat-normalised reference speckle, one frame per diffuser position used.
+    geometry : Geometry
+        Downstream-diffuser geometry (L1 = Δ − L2, L2).
+    coherence_length_x_m, coherence_length_y_m : float, optional
+        Detector-plane coherence lengths (m); default: from *geometry*, else calibrated
+        from the reference (:func:`xspeckle.retrieve.coherence.calibrate`).
+    gamma : float
+        STF oversampling ratio γ of Eq. 14 (paper: 1).
+    a_re, a_im : float
+        Regularisation weights on Re ψ and Im ψ (paper: 0.1, 0.01).
+    pad_ratio : float
+        Edge-replicate padding per side as a fraction of the frame size (paper: 0.15).
+    resample : {"auto", None} or float
+        Fourier resampling of the padded grid: ``"auto"`` = the paper's pixel 1/(6σ_I,max)
+        when that is coarser than the detector pixel (down-sampling only); a float is the
+        pixel ratio new/old; ``None`` disables.
+    wing_ratio : float
+        Width of the sample-free left/right wings as a fraction of W (paper: 0.05).
+    background_mask : array ``(H, W)`` bool, optional
+        Sample-free pixels for the background-phase plane fit (default: the wings).
+    wiener_eps : float
+        ε of the sample's Wiener band-limit (paper: 1e-5).
+    stripe_fix : bool
+        The authors' row-stripe (vertical-jitter) correction from the wings (pwf.md §4 step 2).
+    """
+
+    def __init__(self, reference, geometry: Geometry, *, coherence_length_x_m: float | None = None,
+                 coherence_length_y_m: float | None = None, gamma: float = 1.0, a_re: float = 0.1,
+                 a_im: float = 0.01, pad_ratio: float = 0.15, resample="auto", wing_ratio: float = 0.05,
+                 background_mask=None, wiener_eps: float = 1e-5, stripe_fix: bool = False):
+        xp = B.get_xp(reference)
+        self.xp = xp
+        ref = as_stack(reference, "reference")
+        self.K, self.H, self.W = (int(s) for s in ref.shape)
+        if geometry.diffuser_position != "downstream":
+            raise InputError("PWF models a diffuser downstream of the sample; this geometry has it upstream "
+                             "(use mist/umpa/lcs, or fix /geometry diffuser_position)")
+        self.geometry = geometry
+        self.l2 = geometry.require_l2()
+        self.l1 = geometry.sample_diffuser_distance_m
+        self.lam = geometry.wavelength_m
+        p = geometry.pixel_size_m
+        for name, v in (("gamma", gamma), ("pad_ratio", pad_ratio + 1e-12), ("wing_ratio", wing_ratio + 1e-12)):
+            if not (v > 0 and math.isfinite(v)):
+                raise ParameterError(f"pwf: {name} must be positive, got {v!r}")
+        if a_re < 0 or a_im < 0:
+            raise ParameterError(f"pwf: a_re, a_im must be >= 0, got {a_re}, {a_im}")
+
+        # ---- coherence lengths: given > geometry > calibrated (pwf.md §5)
+        xc = coherence_length_x_m if coherence_length_x_m is not None else geometry.coherence_length_x_m
+        yc = coherence_length_y_m if coherence_length_y_m is not None else geometry.coherence_length_y_m
+        self.calibration = None
+        if xc is None or yc is None:
+            self.calibration = calibrate(B.asnumpy(ref), p)
+            xc = xc if xc is not None else self.calibration.coherence_length_x_m
+            yc = yc if yc is not None else self.calibration.coherence_length_y_m
+        self.xcoh, self.ycoh = float(xc), float(yc)
+
+        # ---- background wings (pwf.md §4 step 1)
+        nw = max(1, int(math.ceil(wing_ratio * self.W)))
+        if background_mask is None:
+            bg = np.zeros((self.H, self.W), bool)
+            bg[:, :nw] = True
+            bg[:, self.W - nw:] = True
+        else:
+            bg = np.asarray(B.asnumpy(background_mask), bool)
+            if bg.shape != (self.H, self.W):
+                raise InputError(f"pwf: background_mask shape {bg.shape} does not match frames {(self.H, self.W)}")
+            if bg.sum() < 3:
+                raise InputError("pwf: background_mask selects fewer than 3 pixels; mark a sample-free region")
+        self.n_wing = nw
+        self.background_mask = xp.asarray(bg)
+        self.stripe_fix = bool(stripe_fix)
+
+        # ---- normalise by the mean reference over the field of view [C]
+        self.mean_ref = ref.mean(axis=(-2, -1), keepdims=True)              # (K,1,1)
+        if not bool(xp.all(self.mean_ref > 0)):
+            raise InputError("pwf: the reference has a non-positive mean; give dark-subtracted, flat-normalised frames")
+        self.ref_norm = ref / self.mean_ref                                    # (K,H,W)
+
+        # ---- padding (pwf.md §4 step 3) and resampling (step 4)
+        self.pad_ratio = float(pad_ratio)
+        sig_i = math.sqrt(2 / math.pi) / min(self.xcoh, self.ycoh)            # σ_I (cycles/m), pwf.md §4
+        if resample is None or resample is False:
+            ratio = 1.0
+        elif resample == "auto":
+            ratio = max(1.0, (1.0 / (6.0 * sig_i)) / p)                       # p2 = 1/(6σ_I,max), never finer
+        else:
+            ratio = float(resample)
+            if not (0.25 <= ratio <= 4):
+                raise ParameterError(f"pwf: resample ratio must be in [0.25, 4], got {ratio}")
+        hp0 = self.H + 2 * int(round(pad_ratio * self.H))
+        wp0 = self.W + 2 * int(round(pad_ratio * self.W))
+        if ratio == 1.0:
+            self.Hr, self.Wr = _fast_len(hp0), _fast_len(wp0)
+            self.Hp, self.Wp = self.Hr, self.Wr
+        else:
+            self.Hr, self.Wr = _fast_len(math.ceil(hp0 / ratio)), _fast_len(math.ceil(wp0 / ratio))
+            self.Hp, self.Wp = int(round(self.Hr * ratio)), int(round(self.Wr * ratio))
+        self.pad_y0 = (self.Hp - self.H) // 2
+        self.pad_x0 = (self.Wp - self.W) // 2
+        self.py, self.px = p * self.Hp / self.Hr, p * self.Wp / self.Wr       # grid pixel (m)
+        self.resample_ratio = ratio
+        shape = (self.Hr, self.Wr)
+        self.shape = shape
+
+        # ---- mask m: Tukey over the padded array, taper = pad width (pwf.md §4 step 5) -> resampled
+        wy = _tukey(self.Hp, self.pad_y0 / self.Hp * (1 + 2 * pad_ratio) if self.pad_y0 else 0.0)
+        wx = _tukey(self.Wp, self.pad_x0 / self.Wp * (1 + 2 * pad_ratio) if self.pad_x0 else 0.0)
+        m = xp.asarray((wy[:, None] * wx[None, :]).astype(np.float32))
+        m = xp.clip(fourier_resample(m, shape), 0.0, 1.0).astype(np.float32)
+        self.m = m
+        self.m2 = m * m
+        self.stop_mask = m > 0.99
+
+        # ---- transfer functions (precomputed, pwf.md §4 step 6)
+        pyx = (self.py, self.px)
+        self.q1 = fresnel_transfer_yx(shape, pyx, self.lam, self.l1, xp=xp)
+        self.q1c = xp.conj(self.q1)
+        self.q2 = fresnel_transfer_yx(shape, pyx, self.lam, self.l2, xp=xp)
+        self.q2c = xp.conj(self.q2)
+        self.iotf_r = iotf(shape, pyx, self.xcoh, self.ycoh, xp=xp, rfft=True)          # Eq. 5
+        self.gamma2_r = (1.0 - stf(shape, pyx, self.xcoh, self.ycoh, gamma, xp=xp, rfft=True)).astype(np.float32)  # Eq. 15
+        ky = B.fftfreq(self.Hr, 1.0, xp=xp, dtype=np.float64)[:, None]                  # cycles/pixel
+        kx = B.rfftfreq(self.Wr, 1.0, xp=xp, dtype=np.float64)[None, :]
+        k2 = ky * ky + kx * kx
+        k2s = xp.where(k2 > 0, k2, 1.0)
+        self.pinv_r = xp.where(k2 > 0, 1.0 / k2s, 0.0).astype(np.float32)               # Alg. S2, DC = 0
+        n = self.Hr * self.Wr
+        wh = np.full(self.Wr // 2 + 1, 2.0)
+        wh[0] = 1.0
+        if self.Wr % 2 == 0:
+            wh[-1] = 1.0
+        wh = xp.asarray(wh)[None, :]
+        self.regw_re = (a_re * self.gamma2_r * wh / n).astype(np.float32)               # for the loss value
+        self.regw_im = (a_im * k2 * self.gamma2_r * wh / n).astype(np.float32)        # κ²Γ² (preconditioned)
+        self.regw_im0 = (a_im * self.gamma2_r * wh / n).astype(np.float32)            # Γ² (plain objective)
+        self.a_re, self.a_im, self.gamma = float(a_re), float(a_im), float(gamma)
+        self.wiener_eps = float(wiener_eps)
+
+        # ---- diffuser field t (pwf.md §5) on the PWF grid
+        refg = self._to_grid(self.ref_norm)                                               # (K,Hr,Wr)
+        self.t = diffuser_transmission(refg, pixel_size_m=pyx, wavelength_m=self.lam, l2_m=self.l2,
+                                       coherence_length_x_m=self.xcoh, coherence_length_y_m=self.ycoh)
+        self.tc = xp.conj(self.t)
+        tmax = float(xp.max(self.t.real**2 + self.t.imag**2))
+        self.c = tmax**2                                                                  # c = (max|t|²)² [C]
+        # Wiener band-limit filter for y_B, in rfft layout: IOTF·IOTF/(IOTF²+ε) (pwf.md §2 data prep)
+        self._ywiener = (self.iotf_r * self.iotf_r / (self.iotf_r * self.iotf_r + wiener_eps)).astype(np.float32)
+
+    # ------------------------------------------------------------------ grid transforms
+    def _to_grid(self, frames):
+        """Detector frames ``(..., H, W)`` → padded, resampled PWF grid ``(..., Hr, Wr)``."""
+        xp = self.xp
+        pads = [(0, 0)] * (frames.ndim - 2) + [(self.pad_y0, self.Hp - self.H - self.pad_y0),
+                                               (self.pad_x0, self.Wp - self.W - self.pad_x0)]
+        a = xp.pad(frames, pads, mode="edge")
+        return fourier_resample(a, self.shape)
+
+    def _from_grid(self, a):
+        """PWF grid ``(..., Hr, Wr)`` → detector frame ``(..., H, W)`` (inverse resample, crop)."""
+        a = fourier_resample(a, (self.Hp, self.Wp))
+        return a[..., self.pad_y0:self.pad_y0 + self.H, self.pad_x0:self.pad_x0 + self.W]
+
+    def prepare(self, sample):
+        """Normalised sample ``(B, K, H, W)`` → spectrum of the band-limited data F{y_B} (rfft layout)."""
+        xp = self.xp
+        s = xp.asarray(sample, dtype=np.float32) / self.mean_ref
+        if self.stripe_fix:
+            s = self._stripe_fix(s)
+        y = self._to_grid(s)
+        spec = B.rfft2(y)
+        spec *= self._ywiener
+        return y, spec
+
+    def _stripe_fix(self, s):
+        """Row-stripe correction from the wings (authors' ``flaten_background``, pwf.md §4 step 2)."""
+        xp = self.xp
+        nw = self.n_wing
+        r = self.ref_norm
+        pl = (r[..., :nw] / s[..., :nw]).mean(axis=-1, keepdims=True)
+        pr = (r[..., -nw:] / s[..., -nw:]).mean(axis=-1, keepdims=True)
+        x = xp.arange(self.W, dtype=np.float32)
+        x = (x - (nw - 1) / 2) / ((self.W - nw / 2 - 0.5) - (nw - 1) / 2)
+        return s * ((pr - pl) * x + pl)
+
+    # ------------------------------------------------------------------ model and gradient
+    def forward(self, psi):
+        """Model intensity ``IPSF ⊛ |P_L2{t·P_L1{exp ψ}}|²`` on the PWF grid: ``(B,1,Hr,Wr)`` → ``(B,K,Hr,Wr)``."""
+        Y = self._field(self.xp.exp(psi))
+        inten = (Y.real * Y.real + Y.imag * Y.imag).astype(np.float32)
+        spec = B.rfft2(inten)
+        spec *= self.iotf_r
+        return B.irfft2(spec, s=self.shape)
+
+    def _field(self, x):
+        spec = B.fft2(x)
+        spec *= self.q1
+        u1 = B.ifft2(spec, overwrite_x=True)           # P_L1{x}
+        u1 = u1 * self.t                               # (B,K,..) t·u1
+        spec = B.fft2(u1, overwrite_x=True)
+        spec *= self.q2
+        return B.ifft2(spec, overwrite_x=True)         # Y = P_L2{t·u1}
+
+    def gradient(self, psi, yspec, *, precondition: bool = True):
+        """Loss and (preconditioned) Wirtinger gradient at ψ (pwf.md §2–3).
+
+        Parameters
+        ----------
+        psi : complex64 ``(B, 1, Hr, Wr)``
+        yspec : complex64 ``(B, K, Hr, Wr//2+1)``, from :meth:`prepare`
+        precondition : bool
+            Apply P⁻¹ = 1/κ² to the imaginary part of the data gradient (Alg. S2); False gives
+            the plain Wirtinger gradient ∂L₀/∂ψ* of the un-preconditioned objective
+            ``L₀ = data + a_re Σ Γ²|F Re ψ|²/N + a_im Σ Γ²|F Im ψ|²/N`` (used by the gradient check).
+
+        Returns
+        -------
+        g_re, g_im : float32 ``(B, 1, Hr, Wr)`` real and imaginary parts of the update direction
+        loss : float64 ndarray ``(B,)`` (host), the objective L of the module docstring
+               (L₀ when ``precondition=False``)
+        x : complex64 ``exp(ψ)`` (reused by the stopping test)
+        """
+        xp = self.xp
+        shape = self.shape
+        x = xp.exp(psi)
+        Y = self._field(x)                                        # (B,K,Hr,Wr)
+        inten = (Y.real * Y.real + Y.imag * Y.imag).astype(np.float32)
+        spec = B.rfft2(inten)
+        spec *= self.iotf_r
+        spec -= yspec                                             # F{IPSF⊛|Y|² − y_B}
+        r = B.irfft2(spec, s=shape)
+        r *= self.m                                               # m·r
+        loss_d = 0.5 * (r * r).sum(axis=(-2, -1), dtype=np.float64).mean(axis=1)   # (B,)
+        r *= self.m                                               # m²·r
+        spec = B.rfft2(r)
+        spec *= self.iotf_r
+        h = B.irfft2(spec, s=shape)                               # IPSF^T ⊛ (m² r)
+        Y *= h                                                    # ∂D/∂Y* = Y·(...)
+        spec = B.fft2(Y, overwrite_x=True)
+        spec *= self.q2c
+        v = B.ifft2(spec, overwrite_x=True)                       # P_{-L2}
+        v *= self.tc                                              # conj(t)
+        g = v.mean(axis=1, keepdims=True) if self.K > 1 else v    # mean over positions (pwf.md §1)
+        spec = B.fft2(g, overwrite_x=self.K == 1)
+        spec *= self.q1c
+        g = B.ifft2(spec, overwrite_x=True)                       # P_{-L1}
+        g *= xp.conj(x)                                           # chain rule through x = e^ψ
+        g *= np.float32(1.0 / self.c)
+        # ---- preconditioner (Alg. S2) + regularisation gradient (pwf.md §2)
+        fre = B.rfft2(psi.real)
+        fim = B.rfft2(psi.imag)
+        pw_re = fre.real * fre.real + fre.imag * fre.imag
+        pw_im = fim.real * fim.real + fim.imag * fim.imag
+        regw_im = self.regw_im if precondition else self.regw_im0
+        loss_r = (pw_re * self.regw_re).sum(axis=(-3, -2, -1), dtype=np.float64) + \
+            (pw_im * regw_im).sum(axis=(-3, -2, -1), dtype=np.float64)
+        fre *= self.gamma2_r
+        fre *= np.float32(self.a_re)
+        fim *= self.gamma2_r
+        fim *= np.float32(self.a_im)
+        gi = B.rfft2(g.imag)
+        if precondition:
+            gi *= self.pinv_r
+        gi += fim
+        g_im = B.irfft2(gi, s=shape)
+        g_re = B.irfft2(fre, s=shape)
+        g_re += g.real
+        loss = B.asnumpy(loss_d) / self.c + B.asnumpy(loss_r)
+        return g_re, g_im, np.asarray(loss, dtype=np.float64), x
+
+    def residual_image(self, psi, y):
+        """RMSE image ``sqrt(⟨(y − f(ψ))²⟩_K)`` on the detector frame ``(B, H, W)`` (pwf.md §7)."""
+        r = self.forward(psi) - y                                  # (B,K,Hr,Wr)
+        r = self._from_grid(r)
+        return self.xp.sqrt((r * r).mean(axis=1)).astype(np.float32)
+
+    # ------------------------------------------------------------------ solver
+    def solve(self, sample, *, scheme: str = "fast", eta=None, max_iter: int | None = None,
+              min_iter: int | None = None, corr_tol: float = 1e-5, check_every: int = 10,
+              plateau_window: int = 50, plateau_tol: float | None = None, restart: bool | None = None,
+              divergence_factor: float = 2.0, psi0=None, progress: Callable[[int, int], None] | None = None) -> PWFResult:
+        """Run PWF on a batch of projections.
+
+        Parameters
+        ----------
+        sample : array ``(B, K, H, W)`` (or ``(K, H, W)`` for B = 1), flat-normalised
+        scheme : {"fast", "paper"}
+            ``"paper"``: Algorithm S1 — Nesterov/FISTA momentum, fixed step η = (1, 1), no restart,
+            stop when ``−log10(corr(e^ψ_j, e^ψ_{j+1})) < corr_tol`` tested every *check_every*
+            iterations (pwf.md §4 step 10) — plus our guards: not before *min_iter* (300) and only
+            once the loss has plateaued.  ``"fast"`` (default): the same iteration with
+            O'Donoghue–Candès function-value adaptive restart of the momentum and a loss-plateau
+            stop (relative loss decrease over *plateau_window* iterations < *plateau_tol*).
+        eta : (float, float), optional
+            Step on (Re, Im); default (1, 1).
+        max_iter, min_iter : int, optional
+            Scheme defaults: 5000 and 300 (paper) / 50 (fast).
+        plateau_tol : float, optional
+            Relative loss decrease over *plateau_window* iterations below which the loss counts as
+            flat; default 1e-3 (paper guard) / 2e-4 (fast).
+        divergence_factor : float
+            Divergence guard: a non-finite loss or one above ``divergence_factor × best`` reverts to
+            the last gradient step, resets the momentum and halves η.
+        psi0 : array ``(B, 1, Hr, Wr)`` complex, optional
+            Start value on the PWF grid (default ψ = 0).
+        progress : callable(iteration, max_iter), optional
+        """
+        if scheme not in SCHEMES:
+            raise ParameterError(f"pwf: scheme {scheme!r} unknown; choose one of {', '.join(SCHEMES)}")
+        d = _SCHEME_DEFAULTS[scheme]
+        xp = self.xp
+        eta = tuple(float(e) for e in (eta if eta is not None else d["eta"]))
+        max_iter = int(max_iter if max_iter is not None else d["max_iter"])
+        min_iter = int(min_iter if min_iter is not None else d["min_iter"])
+        restart = bool(d["restart"] if restart is None else restart)
+        stop_rule = d["stop"]
+        if plateau_tol is None:
+            plateau_tol = 1e-3 if scheme == "paper" else 2e-4
+        s = xp.asarray(sample, dtype=np.float32)
+        if s.ndim == 3:
+            s = s[None]
+        if s.ndim != 4 or tuple(s.shape[1:]) != (self.K, self.H, self.W):
+            raise InputError(f"pwf: sample must be (B, {self.K}, {self.H}, {self.W}), got {tuple(s.shape)}")
+        nb = s.shape[0]
+        y, yspec = self.prepare(s)
+
+        psi = xp.zeros((nb, 1) + self.shape, np.complex64) if psi0 is None else xp.asarray(psi0, np.complex64).copy()
+        z_old = psi.copy()
+        out_psi = xp.empty_like(psi)
+        active = np.arange(nb)
+        tk = np.ones(nb)                         # FISTA s_j (pwf.md §4 step 8)
+        step = np.tile(np.array(eta, dtype=np.float64), (nb, 1))
+        best = np.full(nb, np.inf)
+        prev_loss = np.full(nb, np.inf)
+        hist: list[list[float]] = [[] for _ in range(nb)]
+        iters = np.zeros(nb, int)
+        reasons = [""] * nb
+        n_restart = np.zeros(nb, int)
+        n_div = np.zeros(nb, int)
+        x_prev = None
+        corr_val = np.full(nb, np.nan)
+        mask = self.stop_mask
+        j = 0
+        while active.size and j < max_iter:
+            j += 1
+            g_re, g_im, loss, x = self.gradient(psi, yspec[active] if active.size != nb else yspec)
+            # ---- paper stopping statistic: corr(e^ψ_j, e^ψ_{j+1}) over m > 0.99
+            if x_prev is not None:
+                a = x_prev * mask
+                bm = x * mask
+                num = xp.abs((xp.conj(a) * bm).sum(axis=(-3, -2, -1)))
+                den = xp.sqrt((xp.abs(a) ** 2).sum(axis=(-3, -2, -1)) * (xp.abs(bm) ** 2).sum(axis=(-3, -2, -1)))
+                corr_val[active] = B.asnumpy(num / den)
+                x_prev = None
+            if (j % check_every) == 0 and stop_rule == "correlation":
+                x_prev = x.copy()
+            finished = np.zeros(active.size, bool)
+            # ---- divergence guard
+            bad = ~np.isfinite(loss) | (loss > divergence_factor * best[active])
+            for i_loc in np.nonzero(bad)[0]:
+                gi = active[i_loc]
+                n_div[gi] += 1
+                step[gi] *= 0.5
+                tk[gi] = 1.0
+                psi[i_loc] = z_old[i_loc]
+                if n_div[gi] > 20:
+                    finished[i_loc] = True
+                    reasons[gi] = "diverged"
+            ok = ~bad
+            for i_loc in np.nonzero(ok)[0]:
+                gi = active[i_loc]
+                hist[gi].append(float(loss[i_loc]))
+                best[gi] = min(best[gi], loss[i_loc])
+            # ---- momentum coefficients (pwf.md §4 step 8) and adaptive restart
+            beta = np.zeros(active.size)
+            for i_loc, gi in enumerate(active):
+                if bad[i_loc]:
+                    continue
+                if restart and loss[i_loc] > prev_loss[gi]:
+                    tk[gi] = 1.0                       # O'Donoghue & Candès (2015) function restart
+                    n_restart[gi] += 1
+                t1 = (1 + math.sqrt(1 + 4 * tk[gi] ** 2)) / 2
+                beta[i_loc] = (tk[gi] - 1) / t1
+                tk[gi] = t1
+                prev_loss[gi] = loss[i_loc]
+            # ---- step: z_j = ψ_j − η·g ; ψ_{j+1} = z_j + β_j (z_j − z_{j−1})
+            er = xp.asarray(step[active, 0].astype(np.float32))[:, None, None, None]
+            ei = xp.asarray(step[active, 1].astype(np.float32))[:, None, None, None]
+            g_re *= er
+            g_im *= ei
+            okx = xp.asarray(ok)[:, None, None, None]
+            z_new = psi - (g_re + 1j * g_im).astype(np.complex64)
+            z_new = xp.where(okx, z_new, psi)
+            bt = xp.asarray(beta.astype(np.float32))[:, None, None, None]
+            psi = z_new + bt * (z_new - z_old)
+            z_old = z_new
+            iters[active] = j
+            # ---- stopping rules
+            for i_loc, gi in enumerate(active):
+                if finished[i_loc] or bad[i_loc]:
+                    continue
+                h = hist[gi]
+                plateau = False
+                if len(h) > plateau_window:
+                    old = h[-plateau_window - 1]
+                    plateau = (old - h[-1]) <= plateau_tol * abs(h[-1])
+                if j < min_iter:
+                    continue
+                if stop_rule == "correlation":
+                    c = corr_val[gi]
+                    if np.isfinite(c) and -math.log10(max(min(c, 1.0), 1e-300)) < corr_tol and plateau:
+                        finished[i_loc] = True
+                        reasons[gi] = "correlation"
+                        corr_val[gi] = np.nan
+                elif plateau:
+                    finished[i_loc] = True
+                    reasons[gi] = "plateau"
+            if progress is not None:
+                progress(j, max_iter)
+            if finished.any():
+                keep = ~finished
+                out_psi[active[finished]] = z_old[finished]
+                active = active[keep]
+                if active.size:
+                    sel = xp.asarray(np.nonzero(keep)[0])
+                    psi, z_old = psi[sel], z_old[sel]
+                    if x_prev is not None:
+                        x_prev = x_prev[sel]
+        if active.size:
+            out_psi[active] = z_old
+            for gi in active:
+                reasons[gi] = "max_iter"
+        return self._finish(out_psi, y, iters, reasons, hist, scheme, eta, dict(
+            n_restart=n_restart.tolist(), n_divergence_resets=n_div.tolist(), min_iter=min_iter,
+            max_iter=max_iter, plateau_tol=plateau_tol, corr_tol=corr_tol, restart=restart))
+
+    def _finish(self, psi, y, iters, reasons, hist, scheme, eta, extra) -> PWFResult:
+        xp = self.xp
+        resid = self.residual_image(psi, y)                              # (B,H,W)
+        psi_d = self._from_grid(psi[:, 0])                               # (B,H,W)
+        phase = zero_background_plane(psi_d.imag.astype(np.float32), self.background_mask)
+        trans = xp.exp(2 * psi_d.real).astype(np.float32)               # T = |e^ψ|² (pwf.md §1)
+        params = self.parameters()
+        params.update(scheme=scheme, eta=list(eta), iterations=[int(i) for i in iters],
+                      stop_reason=list(reasons), **extra)
+        return PWFResult(phase=phase, transmission=trans, residual=resid, psi=psi_d,
+                         iterations=[int(i) for i in iters], stop_reason=list(reasons),
+                         loss_history=[np.asarray(h) for h in hist], parameters=params)
+
+    def parameters(self) -> dict[str, Any]:
+        """Effective model parameters (JSON-able)."""
+        d = dict(coherence_length_x_m=self.xcoh, coherence_length_y_m=self.ycoh,
+                 coherence_source="calibrated" if self.calibration is not None else "given",
+                 gamma=self.gamma, a_re=self.a_re, a_im=self.a_im, pad_ratio=self.pad_ratio,
+                 resample_ratio=self.resample_ratio, grid_shape=list(self.shape),
+                 grid_pixel_m=[self.py, self.px], wing_px=self.n_wing, wiener_eps=self.wiener_eps,
+                 step_normaliser_c=self.c, stripe_fix=self.stripe_fix, positions=self.K)
+        if self.calibration is not None:
+            d["calibration"] = self.calibration.to_dict()
+        return d
+
+
+# --------------------------------------------------------------------------- public API
+def pwf(*, reference, sample, geometry: Geometry, scheme: str = "fast", coherence_length_x_m=None,
+        coherence_length_y_m=None, progress=None, **kwargs) -> PWFResult:
+    """Retrieve phase and transmission with PWF (plain-function API).
+
+    Parameters
+    ----------
+    reference : array ``(K, H, W)`` or ``(H, W)`` float32, flat-normalised reference speckle
+    sample : array ``(K, H, W)`` / ``(H, W)`` for one projection, or ``(B, K, H, W)`` for a batch
+    geometry : Geometry, downstream diffuser
+    scheme : {"fast", "paper"}
+    coherence_length_x_m, coherence_length_y_m : float, optional (default: geometry or calibrated)
+    **kwargs
+        Model options of :class:`PWFModel` (gamma, a_re, a_im, pad_ratio, resample, wing_ratio,
+        background_mask, wiener_eps, stripe_fix) and solver options of :meth:`PWFModel.solve`.
+
+    Returns
+    -------
+    PWFResult ; for a single projection the maps are ``(H, W)``, for a batch ``(B, H, W)``.
+    """
+    model_keys = {"gamma", "a_re", "a_im", "pad_ratio", "resample", "wing_ratio", "background_mask",
+                  "wiener_eps", "stripe_fix"}
+    mk = {k: v for k, v in kwargs.items() if k in model_keys}
+    sk = {k: v for k, v in kwargs.items() if k not in model_keys}
+    ref = as_stack(reference, "reference")
+    model = PWFModel(ref, geometry, coherence_length_x_m=coherence_length_x_m,
+                     coherence_length_y_m=coherence_length_y_m, **mk)
+    xp = B.get_xp(sample)
+    s = xp.asarray(sample, dtype=np.float32)
+    single = s.ndim <= 3
+    if s.ndim == 2:
+        s = s[None]
+    if single:
+        s = s[None]
+    res = model.solve(s, scheme=scheme, progress=progress, **sk)
+    if single:
+        res.phase, res.transmission, res.residual, res.psi = (a[0] for a in
+                                                              (res.phase, res.transmission, res.residual, res.psi))
+    return res
+
+
+class PWFRetriever(Retriever):
+    """PWF as a :class:`~xspeckle.retrieve.base.Retriever` (name ``"pwf"``).
+
+    ``__init__`` does the reference-only work (coherence calibration when the geometry lacks
+    the lengths, diffuser estimate, IOTF, transfer functions); ``__call__(sample (P, H, W))``
+    returns ``phase``, ``transmission`` and ``residual`` (H, W).  With P > 1 positions the
+    multi-position variant is used (gradient averaged over positions, pwf.md §1).
+
+    Parameters
+    ----------
+    reference : array ``(P, H, W)``; geometry : Geometry (downstream diffuser)
+    **params : options of :class:`PWFModel` and :meth:`PWFModel.solve` (``scheme`` etc.)
+    """
+
+    name = "pwf"
+    outputs = ("phase", "transmission", "residual")
+    min_positions = 1
+    needs_downstream = True
+
+    _MODEL_KEYS = ("coherence_length_x_m", "coherence_length_y_m", "gamma", "a_re", "a_im", "pad_ratio",
+                   "resample", "wing_ratio", "background_mask", "wiener_eps", "stripe_fix")
+
+    def __init__(self, reference, geometry: Geometry, **params: Any):
+        super().__init__(reference, geometry, **params)
+        mk = {k: params.pop(k) for k in list(params) if k in self._MODEL_KEYS}
+        self.solve_params = params
+        self.model = PWFModel(self.reference, geometry, **mk)
+        self.parameters = self.model.parameters()
+        self.parameters["scheme"] = params.get("scheme", "fast")
+
+    def _retrieve(self, sample) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        res = self.model.solve(sample[None], **self.solve_params)
+        self.parameters.update({k: v for k, v in res.parameters.items()
+                                if k in ("iterations", "stop_reason", "scheme", "n_restart", "n_divergence_resets")})
+        self.parameters["iterations"] = res.iterations[0]
+        self.parameters["stop_reason"] = res.stop_reason[0]
+        self.parameters["seconds"] = round(time.perf_counter() - t0, 3)
+        return {"phase": res.phase[0], "transmission": res.transmission[0], "residual": res.residual[0]}
+
+    def retrieve_batch(self, samples) -> list[dict[str, Any]]:
+        """Retrieve several projections at once: ``samples (B, P, H, W)`` → list of B output dicts."""
+        s = B.get_xp(samples).asarray(samples, dtype=np.float32)
+        if s.ndim != 4 or tuple(s.shape[1:]) != tuple(self.reference.shape):
+            raise InputError(f"pwf: batch must be (B, {', '.join(map(str, self.reference.shape))}), got {tuple(s.shape)}")
+        res = self.model.solve(s, **self.solve_params)
+        return [{"phase": res.phase[i], "transmission": res.transmission[i], "residual": res.residual[i]}
+                for i in range(s.shape[0])]
