@@ -58,12 +58,14 @@ def test_shepp_logan_accuracy_and_scale():
     truth = F.rasterize_ellipses(F.SHEPP_LOGAN_MODIFIED, n, radius_px=R)
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
     inside = np.hypot(xx, yy) < 0.9 * R
-    g = F.fbp(sino, theta)
+    g = F.fbp(sino, theta, interpolation="sinc")
+    gl = F.fbp(sino, theta)  # default: linear-interpolation response
     b = F.fbp(sino, theta, method="backproject")
     c = n // 2
     flat = (slice(c - 30, c - 22), slice(c - 4, c + 4))  # inside the 0.3 region above the centre
     assert np.allclose(truth[flat], 0.3)
-    for rec, tol in ((g, 0.085), (b, 0.095)):
+    # measured: sinc 0.080, linear 0.094, backproject 0.089 (pixel-integrated data favour the exact FBP)
+    for rec, tol in ((g, 0.085), (gl, 0.10), (b, 0.095)):
         assert _rel(rec, truth, inside) < tol
         assert abs(rec[flat].mean() / 0.3 - 1) < 0.01  # scale within 1%
         assert rec[flat].std() < 0.01  # flat std (3% of the level)
@@ -85,7 +87,7 @@ def test_gridrec_matches_backproject_with_linear_interpolation():
     n, theta = 96, np.linspace(0.0, 180.0, 150, endpoint=False)
     sino = F.radon_ellipses(F.SHEPP_LOGAN_MODIFIED, theta, n, radius_px=40).astype(np.float32)
     g = F.fbp(sino, theta, interpolation="linear")
-    gs = F.fbp(sino, theta)
+    gs = F.fbp(sino, theta, interpolation="sinc")
     b = F.fbp(sino, theta, method="backproject")
     yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
     m = np.hypot(xx, yy) < 40

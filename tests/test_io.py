@@ -315,3 +315,16 @@ def test_flat_stack_with_nan_frame_pixels(tmp_path, small_geometry):
     with Scan(p) as s:
         f = s.flat()
         assert np.isfinite(f).all() and np.allclose(f, 100.0)
+
+
+def test_normalised_without_flat_is_scaled_to_one(tmp_path, small_geometry):
+    rng = np.random.default_rng(6)
+    ref = rng.uniform(900, 1100, (2, 16, 16)).astype(np.float32)
+    data = (ref * 0.5)[:, None]
+    p = write_scan(tmp_path / "nf.h5", data=data, reference=ref, dark=np.full((16, 16), 100.0, np.float32),
+                   geometry=small_geometry)
+    with Scan(p) as s:
+        assert s.intensity_scale() == pytest.approx(ref.mean() - 100.0, rel=1e-6)
+        r, x = s.normalised_reference(), s.normalised_sample(0)
+        assert abs(float(r.mean()) - 1.0) < 1e-5
+        np.testing.assert_allclose(x, (ref * 0.5 - 100) / (ref.mean() - 100), rtol=1e-5)

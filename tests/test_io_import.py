@@ -230,3 +230,33 @@ def test_dxchange_import(tmp_path, small_scan_arrays):
         assert (s.n_positions, s.n_angles) == (3, 4)
         np.testing.assert_array_equal(s.sample(0), a["data"][:, 0].astype(np.float32))
         np.testing.assert_array_equal(s.reference(), a["reference"].astype(np.float32))
+
+
+def test_save_scan_uint16_overflow_is_clear(tmp_path, small_geometry):
+    from xspeckle.io import FrameScan, save_scan
+
+    data = np.full((1, 1, 16, 16), 70000, np.uint32)  # does not fit uint16
+    fs = FrameScan(samples=data, reference=np.full((1, 16, 16), 1000, np.uint32), geometry=small_geometry)
+    with pytest.raises(ScanFormatError, match="outside the uint16 range"):
+        save_scan(fs, tmp_path / "o.h5", dtype=np.uint16)
+    assert not (tmp_path / "o.h5").exists()
+    out = save_scan(fs, tmp_path / "o.h5")  # default: float32 keeps the values
+    with Scan(out) as s:
+        assert s.dtype == np.float32 and s.sample(0).max() == 70000
+
+
+def test_import_cli_nxtomo_with_geometry_sidecar(tmp_path, small_scan_arrays, capsys):
+    from xspeckle.cli import run
+
+    a = small_scan_arrays
+    files = [_nxtomo(tmp_path / f"p{k}.nxs", a, k, with_geom=False) for k in range(3)]
+    geo = tmp_path / "geo.yaml"
+    geo.write_text(yaml.safe_dump({"geometry": GEOM}))
+    code = run(["import", *map(str, files), str(tmp_path / "scan.h5")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--geometry" in err and len(err.strip().splitlines()) == 1
+    code = run(["import", *map(str, files), str(tmp_path / "scan.h5"), "--geometry", str(geo), "--compression", "gzip"])
+    assert code == 0, capsys.readouterr().err
+    with Scan(tmp_path / "scan.h5") as s:
+        assert (s.n_positions, s.n_angles) == (3, 4)
+        np.testing.assert_array_equal(s.sample(1), a["data"][:, 1].astype(np.float32))

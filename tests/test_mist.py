@@ -20,6 +20,7 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from xspeckle.errors import InputError, ParameterError
 from xspeckle.retrieve import get_method
@@ -49,9 +50,9 @@ def berry():
 
 @pytest.fixture(scope="module")
 def fibres():
-    sc = simulate.make_preset("mist-fibres", size=192, seed=1, noise=True)
+    sc = simulate.make_preset("mist-fibres", size=128, seed=1, noise=True)
     ref, data = sc.normalised()
-    return dict(ref=ref, smp=data[:, 0], geometry=sc.geometry, truth=sc.truth, size=192)
+    return dict(ref=ref, smp=data[:, 0], geometry=sc.geometry, truth=sc.truth, size=128)
 
 
 def _phase_rel_error(phase, truth, mask):
@@ -110,9 +111,14 @@ def test_berry_transport_model(berry):
     assert out["displacement"].shape == (2,) + berry["ref"].shape[-2:]
     assert _phase_rel_error(out["phase"], berry["phase"], berry["mask"]) <= 0.30  # measured 0.21
     assert abs(_core_ratio(out["diffusion"], berry["diffusion"]) - 1) <= 0.10
-    # the plain phase-object Laplacian route is far worse here (the neglected transport term)
-    po = mist(reference=berry["ref"], sample=berry["smp"], geometry=berry["geometry"])
-    assert _phase_rel_error(po["phase"], berry["phase"], berry["mask"]) > 0.5
+    # displacement (px) against the truth u = Δ∇φ/(k p) inside the berry, away from its rim
+    g = berry["geometry"]
+    gy, gx = np.gradient(berry["phase"].astype(np.float64), g.pixel_size_m)
+    scale = g.sample_detector_distance_m / (g.wavenumber_per_m * g.pixel_size_m)
+    inner = ndimage.binary_erosion(berry["mask"], iterations=12)
+    ux_true = gx * scale
+    slope = np.sum(out["displacement"][0][inner] * ux_true[inner]) / np.sum(ux_true[inner] ** 2)
+    assert 0.8 < slope < 1.2, slope  # measured 1.00 (sign and px units of design.md)
 
 
 def test_berry_rapid_model(berry):
@@ -182,10 +188,10 @@ def test_directional_fibres_orientation(fibres):
         for th in (th_mean, th_circ):
             err = abs((th - ang + 90) % 180 - 90)
             assert err <= 10.0, (ang, th)
-        # major-axis D and anisotropy: first-order model, within 25 % / 0.15 of the truth
+        # major-axis D (blur-calibrated; measured 1.03–1.06) and anisotropy within 15 % / 0.15 of the truth
         true_patch = tr["diffusion_tensor"][:, 0][(slice(None),) + sl].mean(axis=(1, 2))
         tmax = max(true_patch[0], true_patch[1])
-        assert abs(max(patch[0].mean(), patch[1].mean()) / tmax - 1) < 0.25
+        assert abs(max(patch[0].mean(), patch[1].mean()) / tmax - 1) < 0.15
         assert abs(np.median(anisotropy(patch)) - np.sqrt(1 - tr["d_minor_m"] / tr["d_major_m"])) < 0.15
 
 
@@ -275,3 +281,28 @@ def test_cupy_matches_numpy(berry):
     b = DirectionalMISTRetriever(cp.asarray(ref), g)(cp.asarray(smp))
     np.testing.assert_allclose(cp.asnumpy(b["diffusion_tensor"]), a["diffusion_tensor"], rtol=2e-3,
                                atol=2e-3 * float(np.abs(a["diffusion_tensor"]).max()))
+
+
+def test_residual_identity_matches_direct_misfit(berry):
+    """The one-pass residual (‖b‖² − x·Aᵀb − αΣ(s x)²) equals the direct Σ(b − Ax)²."""
+    from xspeckle.retrieve.derivatives import gradient, laplacian
+    from xspeckle.retrieve.mist import _PixelLSQ
+
+    ref, smp = berry["ref"][:5, :40, :50], berry["smp"][:5, :40, :50]
+    lap = -laplacian(ref, 1.0)
+    gy, gx = gradient(ref, 1.0)
+    for cols, alpha in (([ref, lap], 1e-3), ([ref, lap, gx, gy], 1e-6), ([ref, lap], 0.0)):
+        lsq = _PixelLSQ(cols, alpha, None)
+        b = ref - smp
+        x, res = lsq.solve_block(b, 0, 40, smp)
+        direct = np.sqrt(lsq.misfit_sq(b, x, 0, 40) / np.sum(smp.astype(np.float64) ** 2, axis=0))
+        np.testing.assert_allclose(res, direct, rtol=2e-3, atol=1e-5)
+        assert res.mean() > 1e-3  # the model does not fit noise exactly: a real, non-zero residual
+
+
+def test_inplace_laplacian_equals_shared_stencil():
+    from xspeckle.retrieve.derivatives import laplacian
+    from xspeckle.retrieve.mist import _laplacian_px
+
+    a = np.random.default_rng(3).random((3, 17, 23)).astype(np.float32)
+    np.testing.assert_allclose(_laplacian_px(a), laplacian(a, 1.0), rtol=0, atol=2e-6)

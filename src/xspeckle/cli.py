@@ -396,7 +396,10 @@ def fsc(
     for k in ("resolution_m", "resolution_m_1_7"):
         if k in res:
             v = res[k]
-            txt = f"{v:.4g} m ({v * 1e6:.3g} µm)" if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else str(v)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                txt = f"{v:.4g} m ({v * 1e6:.3g} µm)"
+            else:
+                txt = "not reached (the curve stays above the threshold up to Nyquist)"
             _out(f"{k:20s} {txt}")
     for k, v in res.items():
         if k not in ("resolution_m", "resolution_m_1_7") and isinstance(v, (int, float, str)):
@@ -585,6 +588,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=args, prog_name=PROG, standalone_mode=False)
+        if rv == 130:  # typer turned a Ctrl-C outside a command body into a silent status 130
+            return _fail("interrupted (Ctrl-C); no output was left under the final name", 130)
         return rv if isinstance(rv, int) else 0
     except _EXIT as e:
         return int(e.exit_code or 0)
@@ -598,6 +603,11 @@ def run(argv: Optional[List[str]] = None) -> int:
         return _fail(str(e))
     except (_Interrupted, KeyboardInterrupt, *_ABORT):
         return _fail("interrupted (Ctrl-C); no output was left under the final name", 130)
+    except BrokenPipeError:  # e.g. `xspeckle info f.h5 | head -1`: the reader went away; stay quiet
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except MemoryError:
         return _fail("out of memory; use fewer --workers, fewer --positions or a machine with more RAM", 1)
     except OSError as e:

@@ -1,10 +1,12 @@
 """Frame preprocessing: dark subtraction, flat normalisation, crop and bin (float32).
 
 ``normalise(frames, flat, dark)`` computes ``(I − dark) / (flat − dark)`` per frame
-(methods.md §0).  Without a flat the frames are divided by the mean of the dark-
-subtracted reference instead (PWF notes §1), so all methods see intensities ≈ 1.
+(methods.md §0).  Without a flat the frames are only dark-subtracted; a common scale
+(e.g. the mean of the dark-subtracted reference, as :meth:`xspeckle.io.Scan.normalised_sample`
+does) then brings intensities to ≈ 1 (PWF notes §1).
 Robust to zeros and hot pixels: a non-positive or non-finite denominator is replaced
-by the local median, and the result is finite everywhere.
+by the median of the good flat pixels, non-finite results by the median of their good
+neighbours, so the result is finite everywhere.
 """
 
 from __future__ import annotations
@@ -78,18 +80,19 @@ def normalise(frames, flat=None, dark=None, *, eps: float = 1e-6):
     float32 array of the same shape, finite everywhere.
     """
     xp = B.get_xp(frames)
-    f = xp.asarray(frames, dtype=np.float32)
+    shape = tuple(frames.shape[-2:]) if hasattr(frames, "shape") else None
+    d = None
     if dark is not None:
         d = xp.asarray(dark, dtype=np.float32)
-        if d.shape != f.shape[-2:]:
-            raise InputError(f"dark frame shape {d.shape} does not match frames {f.shape[-2:]}")
-        f = f - d
+        if shape is not None and tuple(d.shape) != shape:
+            raise InputError(f"dark frame shape {tuple(d.shape)} does not match frames {shape}")
+    inv = None
     if flat is not None:
         fl = xp.asarray(flat, dtype=np.float32)
-        if fl.shape != f.shape[-2:]:
-            raise InputError(f"flat field shape {fl.shape} does not match frames {f.shape[-2:]}")
-        if dark is not None:
-            fl = fl - xp.asarray(dark, dtype=np.float32)
+        if shape is not None and tuple(fl.shape) != shape:
+            raise InputError(f"flat field shape {tuple(fl.shape)} does not match frames {shape}")
+        if d is not None:
+            fl = fl - d
         finite = xp.isfinite(fl)
         scale = float(xp.max(xp.abs(xp.where(finite, fl, np.float32(0.0))))) if fl.size else 1.0
         good = finite & (fl > eps * scale)
@@ -98,10 +101,17 @@ def normalise(frames, flat=None, dark=None, *, eps: float = 1e-6):
         if not bool(good.all()):
             fill = float(xp.median(fl[good]))
             fl = xp.where(good, fl, np.float32(fill))
-        f = f / fl
-    finite = xp.isfinite(f)
-    if not bool(finite.all()):
-        # non-finite input pixels (NaN/inf in frames or dark): local 3x3 median on the CPU,
+        inv = (1.0 / fl).astype(np.float32)  # (H, W): one division, then a multiply per frame
+    # one float32 copy of the frames, then in-place work (memory-bound: fewest passes)
+    f = xp.array(frames, dtype=np.float32, copy=True)
+    if d is not None:
+        f -= d
+    if inv is not None:
+        f *= inv
+    # cheap finiteness test: a float64 sum is finite iff every pixel is (float32 values cannot overflow it)
+    if not np.isfinite(float(xp.sum(f, dtype=np.float64))):
+        finite = xp.isfinite(f)
+        # non-finite input pixels (NaN/inf in frames or dark): median of the good neighbours on the CPU,
         # the frame median on the GPU; a frame with no finite pixel becomes 0.
         if xp is np:
             f = fix_bad_pixels(f)
@@ -109,7 +119,7 @@ def normalise(frames, flat=None, dark=None, *, eps: float = 1e-6):
         else:
             fill = xp.nanmedian(xp.where(finite, f, np.float32(np.nan)), axis=(-2, -1), keepdims=True)
             f = xp.where(finite, f, xp.nan_to_num(fill, nan=0.0).astype(np.float32))
-    return f.astype(np.float32, copy=False)
+    return f
 
 
 def crop(frames, roi: tuple[int, int, int, int] | None):

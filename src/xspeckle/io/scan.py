@@ -122,6 +122,12 @@ def parse_positions(positions: Sequence[int] | str | None, n: int, path: Any = "
 _parse_positions = parse_positions  # backward-compatible alias
 
 
+_DATASET_HELP = {
+    "exchange/data": "sample frames (P, A, H, W)",
+    "exchange/data_reference": "reference speckle frames (P, H, W): diffuser in, sample out",
+}
+
+
 def _check_theta(t: np.ndarray, source: str) -> np.ndarray:
     t = np.asarray(t, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(t)):
@@ -258,17 +264,50 @@ class _ScanBase:
             self._cache["dark"] = None if d is None else self._mean(d, self._names["dark"])
         return self._cache["dark"]
 
+    def intensity_scale(self) -> float:
+        """Common divisor applied by the ``normalised_*`` methods when there is no flat field.
+
+        The mean of the dark-subtracted reference frames over all positions (PWF notes §1),
+        so that normalised intensities are ≈ 1 and sample/reference ratios are unchanged.
+        Returns 1.0 when the scan has a flat field.
+        """
+        if "scale" not in self._cache:
+            if self.has_flat:
+                self._cache["scale"] = 1.0
+            else:
+                d = self.dark()
+                dm = 0.0 if d is None else float(d.mean(dtype=np.float64))
+                m = float(np.mean([self.reference([i]).mean(dtype=np.float64) for i in range(self.n_positions)])) - dm
+                if not (np.isfinite(m) and m > 0):
+                    raise ScanFormatError(
+                        f"{self.path}: the dark-subtracted reference frames have mean {m:.4g} <= 0; check the dark frames"
+                    )
+                self._cache["scale"] = m
+        return self._cache["scale"]
+
     def normalised_reference(self, positions=None) -> np.ndarray:
-        """Reference frames dark-subtracted and flat-normalised, ``(P', H, W)`` float32."""
+        """Reference frames dark-subtracted and flat-normalised, ``(P', H, W)`` float32, ≈ 1.
+
+        Without a flat field the frames are divided by :meth:`intensity_scale` instead.
+        """
         from xspeckle.preprocess import normalise
 
-        return normalise(self.reference(positions), self.flat(), self.dark())
+        out = normalise(self.reference(positions), self.flat(), self.dark())
+        if not self.has_flat:
+            out *= np.float32(1.0 / self.intensity_scale())
+        return out
 
     def normalised_sample(self, angle: int, positions=None) -> np.ndarray:
-        """Sample frames of one angle, dark-subtracted and flat-normalised, ``(P', H, W)`` float32."""
+        """Sample frames of one angle, dark-subtracted and flat-normalised, ``(P', H, W)`` float32.
+
+        Without a flat field the frames are divided by :meth:`intensity_scale` instead.
+        """
         from xspeckle.preprocess import normalise
 
-        return normalise(self.sample(angle, positions), self.flat(), self.dark())
+        out = normalise(self.sample(angle, positions), self.flat(), self.dark())
+        if not self.has_flat:
+            out *= np.float32(1.0 / self.intensity_scale())
+        return out
 
     def truth(self) -> dict[str, Any]:
         return {}
@@ -326,7 +365,11 @@ class Scan(_ScanBase):
             raise ScanFormatError(f"{self.path}: cannot read /{name} ({exc}); the file may be corrupt") from None
         if obj is None:
             if required:
-                raise ScanFormatError(f"{self.path}: missing dataset /{name} (see interfaces.md, scan file)")
+                what = _DATASET_HELP.get(name, "see interfaces.md, scan file")
+                raise ScanFormatError(
+                    f"{self.path}: missing dataset /{name} ({what}); add it, or convert TIFF/NeXus/DXchange input "
+                    f"with 'xspeckle import'"
+                )
             return None
         if not isinstance(obj, h5py.Dataset):
             raise ScanFormatError(f"{self.path}: /{name} is a group, expected a dataset")

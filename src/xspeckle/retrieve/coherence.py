@@ -26,7 +26,7 @@ the photon-noise floor) of the 2-D, noise-floor-subtracted power spectrum with
     P(u, v) = A · ρ^(2n) · exp[-π (u² x_coh² + v² y_coh²)] + N₀          (IOTF² of Eq. 5)
 
 by weighted linear least squares on ``log(P − N₀)`` in ``(log A, x_coh², y_coh²)`` with the tail
-exponent n fixed (default −0.75, see :func:`calibrate` for the numbers behind this choice).
+exponent n fixed (default −1, see :func:`calibrate` for the numbers behind this choice).
 ``model="paper"`` reproduces the authors' 1-D amplitude-spectrum fit.
 """
 
@@ -323,7 +323,7 @@ def _fit_paper(ref, pixel_size_m):
 
 
 #: default tail exponent n of the coherent speckle power spectrum S ∝ ρ^(2n) (see :func:`calibrate`)
-DEFAULT_TAIL_EXPONENT = -0.75
+DEFAULT_TAIL_EXPONENT = -1.0
 
 
 def calibrate(reference, pixel_size_m: float, *, model: str = "power-gaussian",
@@ -341,11 +341,13 @@ def calibrate(reference, pixel_size_m: float, *, model: str = "power-gaussian",
     exponent : float or None
         ``power-gaussian`` only: tail exponent n of the coherent speckle spectrum ``S ∝ ρ^(2n)``.
         Over the short band that photon noise leaves (≈ 0.13–0.28 cycles/px at 10⁴ photons/px)
-        a free n is nearly degenerate with the isotropic part of the Gaussian, and the free fit
-        scattered by −18 … +18 % on pwf-beads (P = 1).  Fitting noise-free simulated speckle over
-        the full band gives n = −0.7 … −0.9 (Gaussian-correlated phase screens, σ_φ = 1.75 rad,
-        ℓ = 1.75 µm), so n is fixed to −0.75 by default: all 18 pwf-beads cases tested
-        (128/256/512 px, 3 seeds, P = 1 and 12) were then within 5 % (mostly ≤ 2 %).  ``None``
+        a free n is nearly degenerate with the isotropic part of the Gaussian: on pwf-beads the
+        free fit scattered by −22 … +18 % (P = 1) and −9 … +8 % (P = 12).  With n fixed to −1
+        (S ∝ ρ⁻² tail) the 18 cases tested per diffuser (128/256/512 px, 3 seeds, P = 1 and 12)
+        were within +0 … +4 % for a 2.5 µm-grain diffuser, and −9 … −1 % (P = 1) / −4 … −1 %
+        (P = 12) for a 1.75 µm grain.  The blur is NOT identifiable from the spectrum alone when the
+        coherent speckle spectrum is unknown (its tail depends on the diffuser); give measured
+        coherence lengths in /geometry when they are known.  ``None``
         fits n freely (unbiased when the SNR band is wide, e.g. ≥ 10⁶ photons/px).
 
     Returns

@@ -68,7 +68,7 @@ def _normal_inverse(A, alpha: float, chunk_rows: int = 256):
     diag_mean = np.zeros(q)
     for j in range(q):
         diag_mean[j] = float(xp.mean(xp.sum(A[j].astype(np.float64) ** 2, axis=0)))
-    lam = alpha * np.maximum(diag_mean, 1e-30)
+    lam = alpha * np.maximum(diag_mean, 1e-30)  # Λ = α·diag(mean diag(AᵀA)), one scale per unknown
     out = xp.empty((q, q, H, W), dtype=np.float32)
     for y0 in range(0, H, chunk_rows):
         y1 = min(H, y0 + chunk_rows)
@@ -77,7 +77,7 @@ def _normal_inverse(A, alpha: float, chunk_rows: int = 256):
         M[..., np.arange(q), np.arange(q)] += xp.asarray(lam)
         Minv = xp.linalg.inv(M)
         out[:, :, y0:y1] = xp.moveaxis(Minv, (2, 3), (0, 1)).astype(np.float32)
-    return out
+    return out, lam
 
 
 class LCSModel:
@@ -107,19 +107,26 @@ class LCSModel:
         self.alpha = float(alpha)
         self.derivative = derivative
         self.A = _columns(self.reference, variant, derivative)
-        self.Minv = _normal_inverse(self.A, self.alpha)
+        self.Minv, self.lam = _normal_inverse(self.A, self.alpha)
 
     @property
     def q(self) -> int:
         return self.A.shape[0]
 
-    def solve(self, sample, A=None, Minv=None):
-        """Return ``x (q, H, W)`` and the per-pixel RMS residual ``(H, W)`` for ``sample (K, H, W)``."""
+    def solve(self, sample, A=None, Minv=None, lam=None):
+        """Return ``x (q, H, W)`` and the per-pixel RMS residual ``(H, W)`` for ``sample (K, H, W)``.
+
+        ``x = M⁻¹(Aᵀb)``; the misfit follows from the normal equations without forming ``Ax``:
+        ``‖b − Ax‖² = bᵀb − xᵀAᵀb − xᵀΛx`` (exact, since ``(AᵀA + Λ)x = Aᵀb``).
+        """
         xp = B.get_xp(sample)
         A = self.A if A is None else A
         Minv = self.Minv if Minv is None else Minv
-        q, K = A.shape[:2]
-        atb = [xp.sum(A[j] * sample, axis=0) for j in range(q)]  # Aᵀb
+        lam = self.lam if lam is None else lam
+        q, K, H, W = A.shape
+        bf = sample.reshape(K, H * W)
+        atb = xp.einsum("jnp,np->jp", A.reshape(q, K, H * W), bf).reshape(q, H, W)  # Aᵀb
+        bb = xp.einsum("np,np->p", bf, bf).reshape(H, W)
         x = []
         for j in range(q):
             acc = Minv[j, 0] * atb[0]
@@ -127,13 +134,10 @@ class LCSModel:
                 acc += Minv[j, k] * atb[k]
             x.append(acc)
         x = xp.stack(x)
-        r2 = xp.zeros(sample.shape[1:], dtype=np.float32)
-        for n in range(K):
-            rn = sample[n] - A[0, n] * x[0]
-            for j in range(1, q):
-                rn -= A[j, n] * x[j]
-            r2 += rn * rn
-        return x, xp.sqrt(r2 / np.float32(K))
+        r2 = bb - xp.sum(x * atb, axis=0)
+        for j in range(q):
+            r2 -= np.float32(lam[j]) * x[j] * x[j]
+        return x, xp.sqrt(xp.maximum(r2, 0) / np.float32(K))
 
 
 def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption: bool):
@@ -159,8 +163,8 @@ def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption
             uy = xp.clip(uy, -max_shift, max_shift)
         ru = warp(model.reference, ux, uy)
         A = _columns(ru, model.variant, model.derivative)
-        Minv = _normal_inverse(A, model.alpha)
-        x, res = model.solve(s, A, Minv)
+        Minv, lam = _normal_inverse(A, model.alpha)
+        x, res = model.solve(s, A, Minv, lam)
         T = x[0]
         Tsafe = xp.where(xp.abs(T) > tiny, T, 1.0)
         # the increment is clipped to 1 px per pass: the linearisation is not trusted beyond that

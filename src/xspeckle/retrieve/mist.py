@@ -8,8 +8,10 @@ Models (``model=`` of :class:`MISTRetriever`, and plain functions):
       I_R,n − I_S,n = (Δ/k) I_R,n ∇²φ − Δ D_eff ∇²I_R,n ,
 
   solved per pixel in the least-squares sense over the N ≥ 2 positions for ∇²φ and
-  D_eff (closed 2×2 normal equations, float64, optional Tikhonov α); φ from ∇²φ by
-  the Tikhonov-regularised FFT inverse Laplacian (text after Eq. 7; methods.md §1.8).
+  D_eff (closed 2×2 normal equations precomputed from the reference; float64, or float32
+  where the Tikhonov α bounds the conditioning); φ from ∇²φ by the Tikhonov-regularised
+  inverse Laplacian with mirror boundaries, computed as a DCT (text after Eq. 7;
+  methods.md §1.8, §1.14).
 * ``"attenuating"`` — Alloo et al., J. Med. Imaging 9, 031502 (2022) (methods.md
   §1.11): single-material attenuating object with slowly varying dark field,
   ``I_S,n/I_R,n = G1 + Δ D ∇²I_R,n/I_R,n``; the paper's pair-wise weighted
@@ -34,8 +36,8 @@ first order in ΔD (exp(ΔD∇²) ≈ 1 + ΔD∇²), so a blur σ = sqrt(2ΔD) a
 size is underestimated (≈ 0.67× at σ ≈ 1.1 px on the mist-berry speckle).  At construction the
 estimator is run on a central crop of the reference diffused by the exact Fokker–Planck
 solution for a ladder of uniform D (Gaussian of covariance 2ΔD); the monotone curve
-D_true ↦ median D_estimate is inverted per pixel.  ``blur_calibration=False`` gives the
-paper's first-order estimate.
+D_true ↦ median D_estimate is inverted per pixel (for the tensor: applied to its eigenvalues).
+``blur_calibration=False`` gives the paper's first-order estimate.
 
 Units are SI throughout (design.md): ∇² in m⁻², D_eff in m, so that
 ``Δ·D_eff·∇²I`` is dimensionless; ε of the inverse Laplacian in m⁻².  Internally the
@@ -176,21 +178,27 @@ class _PixelLSQ:
         for y0 in range(0, h, self.rows):
             y1 = min(h, y0 + self.rows)
             m = {}
+            tmp = xp.empty((y1 - y0, w), dtype=np.float32)
             for i, j in self.iu:
                 acc = xp.zeros((y1 - y0, w), dtype=acc_t)
                 ai, aj = self.A[i], self.A[j]
                 for n in range(p):
-                    acc += ai[n, y0:y1] * aj[n, y0:y1]
-                acc = acc.astype(np.float64, copy=False)
-                acc *= 1.0 / (s[i] * s[j])
+                    xp.multiply(ai[n, y0:y1], aj[n, y0:y1], out=tmp)
+                    acc += tmp
+                if q > 2:
+                    acc = acc.astype(np.float64, copy=False)  # batched inverse in float64
+                acc *= acc.dtype.type(1.0 / (s[i] * s[j]))
                 if i == j:
-                    acc += alpha_eq
+                    acc += acc.dtype.type(alpha_eq)
                 m[i, j] = acc
             if q == 2:
                 # closed 2×2 inverse (Pavlov 2020 Eq. 7 generalised to N ≥ 2 by least squares)
+                # (float32 only when α bounds the conditioning, see above; else float64)
                 det = m[0, 0] * m[1, 1] - m[0, 1] * m[0, 1]
-                det = xp.where(xp.abs(det) > 1e-300, det, 1e-300)
-                mi = {(0, 0): m[1, 1] / det, (1, 1): m[0, 0] / det, (0, 1): -m[0, 1] / det}
+                tiny = np.finfo(det.dtype).tiny
+                det = xp.where(xp.abs(det) > tiny, det, tiny)
+                det = 1 / det
+                mi = {(0, 0): m[1, 1] * det, (1, 1): m[0, 0] * det, (0, 1): -m[0, 1] * det}
             else:
                 full = xp.empty((y1 - y0, w, q, q), dtype=np.float64)
                 for (i, j), v in m.items():
@@ -201,7 +209,7 @@ class _PixelLSQ:
                 fi = xp.linalg.inv(full)
                 mi = {(i, j): fi[..., i, j] for i, j in self.iu}
             for k, (i, j) in enumerate(self.iu):
-                inv[k, y0:y1] = mi[i, j] * (1.0 / (s[i] * s[j]))
+                inv[k, y0:y1] = mi[i, j] * mi[i, j].dtype.type(1.0 / (s[i] * s[j]))
         self.inv = inv
 
     @property
@@ -209,29 +217,56 @@ class _PixelLSQ:
         """Array module of the stored columns (not an attribute: retrievers must pickle)."""
         return B.get_xp(self.A[0])
 
-    def solve_block(self, b, y0: int, y1: int):
-        """Solve rows ``y0:y1`` given ``b`` (P, y1−y0, W); returns x (q, rows, W)."""
+    def solve_block(self, b, y0: int, y1: int, sample=None):
+        """Solve rows ``y0:y1`` given ``b`` (P, y1−y0, W).
+
+        Returns ``x`` (q, rows, W), and with *sample* (P, rows, W) also the residual map
+        ``sqrt(Σ_n (b_n − A_n·x)² / Σ_n sample_n²)``, from the identity
+        ``‖b − Ax‖² = ‖b‖² − x·Aᵀb − α Σ_j (s_j x_j)²`` of the regularised solution
+        (no second pass over the stack).
+        """
         xp = self.xp
         q = self.q
-        r = xp.zeros((q, y1 - y0, self.w), dtype=self.dtype)
-        for j in range(q):
-            aj = self.A[j][:, y0:y1]
-            for n in range(self.p):
-                r[j] += aj[n] * b[n]
+        dt = self.dtype
+        r = xp.zeros((q, y1 - y0, self.w), dtype=dt)
+        bb = xp.zeros((y1 - y0, self.w), dtype=dt) if sample is not None else None
+        ss = xp.zeros((y1 - y0, self.w), dtype=dt) if sample is not None else None
+        tmp = xp.empty((y1 - y0, self.w), dtype=np.float32)
+        for n in range(self.p):
+            bn = b[n]
+            for j in range(q):
+                xp.multiply(self.A[j][n, y0:y1], bn, out=tmp)
+                r[j] += tmp
+            if sample is not None:
+                xp.multiply(bn, bn, out=tmp)
+                bb += tmp
+                xp.multiply(sample[n], sample[n], out=tmp)
+                ss += tmp
         x = xp.zeros_like(r)
+        t2 = xp.empty_like(r[0])
         for k, (i, j) in enumerate(self.iu):
             mij = self.inv[k, y0:y1]
-            x[i] += mij * r[j]
+            xp.multiply(mij, r[j], out=t2)
+            x[i] += t2
             if i != j:
-                x[j] += mij * r[i]
-        return x
+                xp.multiply(mij, r[i], out=t2)
+                x[j] += t2
+        if sample is None:
+            return x
+        ms = bb.astype(np.float64)
+        for j in range(q):
+            ms -= x[j] * r[j]
+            if self.alpha_eq > 0:
+                ms -= (self.alpha_eq * self.scale[j] ** 2) * (x[j] * x[j])
+        res = xp.sqrt(xp.maximum(ms, 0) / xp.maximum(ss, 1e-30)).astype(np.float32)
+        return x, res
 
     def misfit_sq(self, b, x, y0: int, y1: int):
-        """Σ_n (b_n − A_n·x)² for the block."""
+        """Σ_n (b_n − A_n·x)² for the block, by a direct second pass (reference for tests)."""
         xp = self.xp
-        out = xp.zeros((y1 - y0, self.w), dtype=self.dtype)
+        out = xp.zeros((y1 - y0, self.w), dtype=np.float64)
         for n in range(self.p):
-            res = b[n].astype(self.dtype)
+            res = b[n].astype(np.float64)
             for j in range(self.q):
                 res -= self.A[j][n, y0:y1] * x[j]
             out += res * res
@@ -348,6 +383,90 @@ def fuse_diffusion(d, d_dx, d_dy, pixel_size_m: float, r_m2: float):
     return xp.ascontiguousarray(res[..., :h, :w]).astype(np.float32, copy=False)
 
 
+#: blur widths σ (px) of the calibration ladder; D_k = (σ p)²/(2Δ)
+_CAL_SIGMA_PX = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.45, 1.7, 2.0, 2.4)
+
+
+def _laplacian_px(a):
+    """5-point Laplacian in px⁻² with reflected borders — the stencil of
+    :func:`xspeckle.retrieve.derivatives.laplacian` (``pixel_size_m=1``), computed in place
+    (one allocation instead of a padded copy and four temporaries; equal to round-off, tested)."""
+    xp = B.get_xp(a)
+    out = a * np.float32(-4)
+    out[..., 1:, :] += a[..., :-1, :]  # upper neighbour
+    out[..., :1, :] += a[..., :1, :]  # reflect: row −1 = row 0
+    out[..., :-1, :] += a[..., 1:, :]  # lower neighbour
+    out[..., -1:, :] += a[..., -1:, :]
+    out[..., :, 1:] += a[..., :, :-1]
+    out[..., :, :1] += a[..., :, :1]
+    out[..., :, :-1] += a[..., :, 1:]
+    out[..., :, -1:] += a[..., :, -1:]
+    return xp.asarray(out, dtype=np.float32)
+
+
+def _blur_calibration_curve(make_retriever, reference, geometry: Geometry, crop: int = 160):
+    """Response of an estimator to a known uniform dark field, from the reference alone.
+
+    MIST's model is first order in ΔD (Pavlov 2020 Eq. 4: exp(ΔD∇²) ≈ 1 + ΔD∇²); for a blur
+    comparable to the speckle size the first-order estimate saturates.  The reference (central
+    crop ≤ ``crop``²) is diffused by the exact Fokker–Planck solution for uniform D_k (Gaussian
+    of covariance 2ΔD_k: spectral factor exp(−ΔD_k|k|²), design.md) and run through the same
+    estimator (``make_retriever(crop)``, D only); returns the monotone part of
+    (D_k, median estimate) as two float64 arrays (m).
+    """
+    xp = B.get_xp(reference)
+    P, H, W = reference.shape
+    p, delta = geometry.pixel_size_m, geometry.sample_detector_distance_m
+    ch, cw = min(H, crop), min(W, crop)
+    y0, x0 = (H - ch) // 2, (W - cw) // 2
+    sub = xp.ascontiguousarray(reference[:, y0 : y0 + ch, x0 : x0 + cw])
+    r = make_retriever(sub)
+    r._diffusion_only = True
+    ky, kx = angular_frequency_grid((ch, cw), p, xp=xp, rfft=True)
+    k2 = kx * kx + ky * ky
+    spec = B.rfft2(sub)
+    m = max(4, min(ch, cw) // 8)  # ignore the wrap-around border of the periodic blur
+    d_true, d_est = [0.0], [0.0]
+    for sig in _CAL_SIGMA_PX[1:]:
+        dk = (sig * p) ** 2 / (2 * delta)
+        blurred = B.irfft2(spec * xp.exp(-np.float32(delta * dk) * k2), s=(ch, cw)).astype(np.float32)
+        est = r(blurred)["diffusion"][m:-m, m:-m]
+        d_true.append(dk)
+        d_est.append(float(xp.median(est)))
+    d_true_a, d_est_a = np.array(d_true), np.array(d_est)
+    keep = 1  # keep the strictly increasing part (beyond it the estimate has saturated)
+    while keep < len(d_est_a) and d_est_a[keep] > d_est_a[keep - 1]:
+        keep += 1
+    return d_true_a[:keep], d_est_a[:keep]
+
+
+def _apply_curve(d, curve):
+    """Map first-order D estimates (m) through *curve*; linear below 0, clamped above the ladder."""
+    if curve is None or len(curve[0]) < 2:
+        return d
+    xp = B.get_xp(d)
+    t, e = curve
+    slope0 = t[1] / e[1]
+    out = xp.interp(d, xp.asarray(e, dtype=np.float32), xp.asarray(t, dtype=np.float32)).astype(np.float32)
+    return xp.where(d < 0, d * np.float32(slope0), out).astype(np.float32)
+
+
+def _calibrate_tensor(tensor, curve):
+    """Apply the isotropic calibration curve to the eigenvalues of (D_xx, D_yy, D_xy) and recompose."""
+    if curve is None:
+        return tensor
+    xp = B.get_xp(tensor)
+    dxx, dyy, dxy = tensor[0], tensor[1], tensor[2]
+    half_tr = 0.5 * (dxx + dyy)
+    rad = xp.sqrt(0.25 * (dxx - dyy) ** 2 + dxy * dxy)
+    l1 = _apply_curve(half_tr + rad, curve)
+    l2 = _apply_curve(half_tr - rad, curve)
+    th = 0.5 * xp.arctan2(2 * dxy, dxx - dyy)  # major axis
+    c, s = xp.cos(th), xp.sin(th)
+    # D = R diag(λ1, λ2) Rᵀ
+    return xp.stack([l1 * c * c + l2 * s * s, l1 * s * s + l2 * c * c, (l1 - l2) * c * s]).astype(np.float32)
+
+
 def _phase_from_laplacian(lap_phi, geometry: Geometry, epsilon_per_m2: float | None, border_px: int):
     eps = default_epsilon_per_m2(lap_phi.shape, geometry.pixel_size_m) if epsilon_per_m2 is None else float(epsilon_per_m2)
     # Gureyev & Nugent inverse Laplacian (Pavlov 2020 after Eq. 7), background by border median
@@ -450,7 +569,7 @@ class MISTRetriever(Retriever):
         if model == "rapid" and epsilon_per_m2 is None:
             epsilon_per_m2 = 1e7  # Alloo 2023 (update script): 1e-5 µm⁻² = 1e7 m⁻²
         self.epsilon_per_m2 = None if epsilon_per_m2 is None else float(epsilon_per_m2)
-        lap_px = laplacian(ref, 1.0)  # ∇²I_R in px⁻² (5-point stencil, derivatives.py)
+        lap_px = _laplacian_px(ref)  # ∇²I_R in px⁻² (5-point stencil of derivatives.laplacian)
 
         if model == "phase-object":
             # Pavlov 2020 Eq. (4)/(6): b_n = I_R − I_S = I_R·g − L_px·c,
@@ -532,55 +651,13 @@ class MISTRetriever(Retriever):
             self.parameters["blur_calibration"] = None
 
     # ------------------------------------------------------------------ calibration
-    #: blur widths σ (px) of the calibration ladder; D_k = (σ p)²/(2Δ)
-    _CAL_SIGMA_PX = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.45, 1.7, 2.0, 2.4)
-
-    def _calibrate_blur(self, *, alpha, fusion_r_m2, crop: int = 160):
-        """Response of this estimator to a known uniform dark field, from the reference alone.
-
-        MIST's model is first order in ΔD (Pavlov 2020 Eq. 4: exp(ΔD∇²) ≈ 1 + ΔD∇²); for a
-        blur comparable to the speckle size the first-order estimate saturates.  The reference
-        (central crop ≤ ``crop``²) is diffused by the exact Fokker–Planck solution for uniform
-        D_k (Gaussian of covariance 2ΔD_k: factor exp(−ΔD_k|k|²), design.md) and run through
-        the same estimator; the monotone part of D_k ↦ median estimate is inverted per pixel.
-        """
-        ref = self.reference
-        xp = B.get_xp(ref)
-        P, H, W = ref.shape
-        ch, cw = min(H, crop), min(W, crop)
-        y0, x0 = (H - ch) // 2, (W - cw) // 2
-        sub = xp.ascontiguousarray(ref[:, y0 : y0 + ch, x0 : x0 + cw])
+    def _calibrate_blur(self, *, alpha, fusion_r_m2):
         kw = dict(model=self.model, alpha=alpha, epsilon_per_m2=self.epsilon_per_m2, gamma=self.gamma,
                   fusion_r_m2=fusion_r_m2, border_px=self.border_px, blur_calibration=False)
-        r = MISTRetriever(sub, self.geometry, **kw)
-        r._diffusion_only = True
-        ky, kx = angular_frequency_grid((ch, cw), self._p, xp=xp, rfft=True)
-        k2 = kx * kx + ky * ky
-        spec = B.rfft2(sub)
-        m = max(4, min(ch, cw) // 8)  # ignore the wrap-around border of the periodic blur
-        d_true, d_est = [0.0], [0.0]
-        for sig in self._CAL_SIGMA_PX[1:]:
-            dk = (sig * self._p) ** 2 / (2 * self._delta)
-            blurred = B.irfft2(spec * xp.exp(-np.float32(self._delta * dk) * k2), s=(ch, cw)).astype(np.float32)
-            est = r(blurred)["diffusion"][m:-m, m:-m]
-            d_true.append(dk)
-            d_est.append(float(xp.median(est)))
-        d_true_a, d_est_a = np.array(d_true), np.array(d_est)
-        # keep the strictly increasing part (beyond it the estimate has saturated)
-        keep = 1
-        while keep < len(d_est_a) and d_est_a[keep] > d_est_a[keep - 1]:
-            keep += 1
-        return d_true_a[:keep], d_est_a[:keep]
+        return _blur_calibration_curve(lambda sub: MISTRetriever(sub, self.geometry, **kw), self.reference, self.geometry)
 
     def _apply_calibration(self, d):
-        """Map first-order D estimates (m) to calibrated D (m); linear below 0, clamped above the ladder."""
-        if self._calib is None or len(self._calib[0]) < 2:
-            return d
-        xp = B.get_xp(d)
-        t, e = self._calib
-        slope0 = t[1] / e[1]
-        out = xp.interp(d, xp.asarray(e, dtype=np.float32), xp.asarray(t, dtype=np.float32)).astype(np.float32)
-        return xp.where(d < 0, d * np.float32(slope0), out).astype(np.float32)
+        return _apply_curve(d, self._calib)
 
     # ------------------------------------------------------------------ per projection
     def _retrieve(self, sample) -> dict[str, Any]:
@@ -607,10 +684,8 @@ class MISTRetriever(Retriever):
         for y0 in range(0, H, lsq.rows):
             y1 = min(H, y0 + lsq.rows)
             b = ref[:, y0:y1] - sample[:, y0:y1]  # Pavlov 2020 Eq. (1)–(2) left side
-            x = lsq.solve_block(b, y0, y1)
+            x, res[y0:y1] = lsq.solve_block(b, y0, y1, sample[:, y0:y1])
             x_all[:, y0:y1] = x
-            ms = lsq.misfit_sq(b, x, y0, y1)
-            res[y0:y1] = xp.sqrt(ms / xp.maximum(xp.sum(xp.square(sample[:, y0:y1]), axis=0, dtype=np.float64), 1e-30))
         p, delta, k = self._p, self._delta, self._k
         if self._diffusion_only:
             return {"diffusion": _finite(x_all[1] * np.float32(p * p / delta))}
@@ -632,12 +707,12 @@ class MISTRetriever(Retriever):
         for y0 in range(0, H, lsq.rows):
             y1 = min(H, y0 + lsq.rows)
             b = ref[:, y0:y1] - sample[:, y0:y1]  # Pavlov 2020 Eq. (6) left side
-            x = lsq.solve_block(b, y0, y1)
+            if self._diffusion_only:
+                x = lsq.solve_block(b, y0, y1)
+            else:
+                x, res[y0:y1] = lsq.solve_block(b, y0, y1, sample[:, y0:y1])
             g[y0:y1] = x[0]
             c[y0:y1] = x[1]
-            ms = lsq.misfit_sq(b, x, y0, y1)
-            den = xp.sum(xp.square(sample[:, y0:y1], dtype=np.float64), axis=0)
-            res[y0:y1] = xp.sqrt(ms / xp.maximum(den, 1e-30))
         lap_phi = g * np.float32(self._k / self._delta)  # ∇²φ = (k/Δ)·g   [m⁻²]
         d_eff = c * np.float32(self._p**2 / self._delta)  # D_eff = c·p²/Δ   [m]
         if self._diffusion_only:
@@ -696,10 +771,8 @@ class MISTRetriever(Retriever):
         for y0 in range(0, H, lsq.rows):
             y1 = min(H, y0 + lsq.rows)
             b = ref[:, y0:y1] - sample[:, y0:y1]  # Δ × left side of Alloo 2023's system
-            x = lsq.solve_block(b, y0, y1)
+            x, res[y0:y1] = lsq.solve_block(b, y0, y1, sample[:, y0:y1])
             x_all[:, y0:y1] = x
-            ms = lsq.misfit_sq(b, x, y0, y1)
-            res[y0:y1] = xp.sqrt(ms / xp.maximum(xp.sum(xp.square(sample[:, y0:y1], dtype=np.float64), axis=0), 1e-30))
         p, delta, k = self._p, self._delta, self._k
         d = x_all[1] * np.float32(p * p / delta)  # D (m)
         d_dx = x_all[2] * np.float32(p / delta)  # ∂_xD (1)
@@ -763,12 +836,12 @@ class DirectionalMISTRetriever(Retriever):
         epsilon_per_m2: float | None = None,
         border_px: int = 8,
         block_rows: int | None = None,
+        blur_calibration: bool = True,
     ):
         super().__init__(reference, geometry)
         if not (float(alpha) >= 0 and math.isfinite(float(alpha))):
             raise ParameterError(f"alpha must be finite and >= 0, got {alpha!r}")
         ref = self.reference
-        xp = B.get_xp(ref)
         P, H, W = ref.shape
         if min(H, W) < 4:
             raise InputError(f"mist-directional: images must be at least 4x4 pixels, got {(H, W)}")
@@ -795,6 +868,18 @@ class DirectionalMISTRetriever(Retriever):
             "n_positions": P,
             "sample_detector_distance_m": self._delta,
         }
+        self._diffusion_only = False
+        self._calib = None
+        self.blur_calibration = bool(blur_calibration)
+        if self.blur_calibration:
+            kw = dict(alpha=alpha, epsilon_per_m2=epsilon_per_m2, border_px=border_px, blur_calibration=False)
+            self._calib = _blur_calibration_curve(lambda sub: DirectionalMISTRetriever(sub, geometry, **kw), ref, geometry)
+            self.parameters["blur_calibration"] = {
+                "true_diffusion_m": [float(v) for v in self._calib[0]],
+                "first_order_estimate_m": [float(v) for v in self._calib[1]],
+            }
+        else:
+            self.parameters["blur_calibration"] = None
 
     def _retrieve(self, sample) -> dict[str, Any]:
         xp = B.get_xp(sample)
@@ -806,13 +891,14 @@ class DirectionalMISTRetriever(Retriever):
         for y0 in range(0, H, lsq.rows):
             y1 = min(H, y0 + lsq.rows)
             b = ref[:, y0:y1] - sample[:, y0:y1]  # Pavlov 2020 Eq. (10) left side
-            x = lsq.solve_block(b, y0, y1)
+            x, res[y0:y1] = lsq.solve_block(b, y0, y1, sample[:, y0:y1])
             x_all[:, y0:y1] = x
-            ms = lsq.misfit_sq(b, x, y0, y1)
-            res[y0:y1] = xp.sqrt(ms / xp.maximum(xp.sum(xp.square(sample[:, y0:y1], dtype=np.float64), axis=0), 1e-30))
         lap_phi = x_all[0] * np.float32(self._k / self._delta)
         tensor = x_all[1:] * np.float32(self._p**2 / self._delta)  # D_ij = c_ij p²/Δ  [m]
         tensor = _finite(tensor)
+        if self._diffusion_only:
+            return {"diffusion": 0.5 * (tensor[0] + tensor[1])}
+        tensor = _finite(_calibrate_tensor(tensor, self._calib))
         phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px)
         return {
             "phase": _finite(phase),

@@ -58,7 +58,7 @@ SCHEMES = ("fast", "paper")
 _SCHEME_DEFAULTS = {
     # eta: step (re, im); restart: O'Donoghue–Candès function-value restart; stop: rule
     "paper": dict(eta=(1.0, 1.0), restart=False, stop="correlation", min_iter=300, max_iter=5000),
-    "fast": dict(eta=(1.0, 1.0), restart=True, stop="plateau", min_iter=50, max_iter=5000),
+    "fast": dict(eta=(1.0, 1.0), restart=True, stop="change", min_iter=50, max_iter=5000),
 }
 
 
@@ -448,7 +448,9 @@ class PWFModel:
     def solve(self, sample, *, scheme: str = "fast", eta=None, max_iter: int | None = None,
               min_iter: int | None = None, corr_tol: float = 1e-5, check_every: int = 10,
               plateau_window: int = 50, plateau_tol: float | None = None, restart: bool | None = None,
-              divergence_factor: float = 2.0, psi0=None, progress: Callable[[int, int], None] | None = None) -> PWFResult:
+              divergence_factor: float = 2.0, psi0=None, progress: Callable[[int, int], None] | None = None,
+              change_tol: float | None = None,
+              callback: Callable[[int, Any, Any], None] | None = None) -> PWFResult:
         """Run PWF on a batch of projections.
 
         Parameters
@@ -473,7 +475,14 @@ class PWFModel:
             the last gradient step, resets the momentum and halves η.
         psi0 : array ``(B, 1, Hr, Wr)`` complex, optional
             Start value on the PWF grid (default ψ = 0).
+        change_tol : float, optional
+            ``"fast"`` scheme: stop when the relative change of ψ over the stopping mask between
+            two checks (*check_every* iterations apart) falls below this (default 2e-3) AND the
+            loss has plateaued.
         progress : callable(iteration, max_iter), optional
+        callback : callable(iteration, active_indices, psi), optional
+            Called every *check_every* iterations with the current ψ ``(B', 1, Hr, Wr)`` of the
+            still-active projections (diagnostics).
         """
         if scheme not in SCHEMES:
             raise ParameterError(f"pwf: scheme {scheme!r} unknown; choose one of {', '.join(SCHEMES)}")
@@ -486,6 +495,7 @@ class PWFModel:
         stop_rule = d["stop"]
         if plateau_tol is None:
             plateau_tol = 1e-3 if scheme == "paper" else 2e-4
+        change_tol = 2e-3 if change_tol is None else float(change_tol)
         s = xp.asarray(sample, dtype=np.float32)
         if s.ndim == 3:
             s = s[None]
@@ -509,6 +519,8 @@ class PWFModel:
         n_div = np.zeros(nb, int)
         x_prev = None
         corr_val = np.full(nb, np.nan)
+        change_val = np.full(nb, np.inf)
+        z_snap = None
         mask = self.stop_mask
         j = 0
         while active.size and j < max_iter:
@@ -565,6 +577,18 @@ class PWFModel:
             psi = z_new + bt * (z_new - z_old)
             z_old = z_new
             iters[active] = j
+            if (j % check_every) == 0:
+                if stop_rule == "change":
+                    # relative change of ψ over the stopping mask since the last check
+                    if z_snap is not None:
+                        dz = (z_old - z_snap) * mask
+                        zz = z_old * mask
+                        num = (dz.real ** 2 + dz.imag ** 2).sum(axis=(-3, -2, -1), dtype=np.float64)
+                        den = (zz.real ** 2 + zz.imag ** 2).sum(axis=(-3, -2, -1), dtype=np.float64)
+                        change_val[active] = np.sqrt(B.asnumpy(num) / np.maximum(B.asnumpy(den), 1e-30))
+                    z_snap = z_old.copy()
+                if callback is not None:
+                    callback(j, active.copy(), z_old)
             # ---- stopping rules
             for i_loc, gi in enumerate(active):
                 if finished[i_loc] or bad[i_loc]:
@@ -582,6 +606,10 @@ class PWFModel:
                         finished[i_loc] = True
                         reasons[gi] = "correlation"
                         corr_val[gi] = np.nan
+                elif stop_rule == "change":
+                    if plateau and change_val[gi] < change_tol:
+                        finished[i_loc] = True
+                        reasons[gi] = "converged"
                 elif plateau:
                     finished[i_loc] = True
                     reasons[gi] = "plateau"
@@ -596,13 +624,16 @@ class PWFModel:
                     psi, z_old = psi[sel], z_old[sel]
                     if x_prev is not None:
                         x_prev = x_prev[sel]
+                    if z_snap is not None:
+                        z_snap = z_snap[sel]
         if active.size:
             out_psi[active] = z_old
             for gi in active:
                 reasons[gi] = "max_iter"
         return self._finish(out_psi, y, iters, reasons, hist, scheme, eta, dict(
             n_restart=n_restart.tolist(), n_divergence_resets=n_div.tolist(), min_iter=min_iter,
-            max_iter=max_iter, plateau_tol=plateau_tol, corr_tol=corr_tol, restart=restart))
+            max_iter=max_iter, plateau_tol=plateau_tol, corr_tol=corr_tol, change_tol=change_tol, restart=restart,
+            stop_rule=stop_rule))
 
     def _finish(self, psi, y, iters, reasons, hist, scheme, eta, extra) -> PWFResult:
         xp = self.xp

@@ -270,6 +270,49 @@ def fine_gradient(a):
     return gy, gx
 
 
+def _refine_vectors(ref, sam, grx, gry, shx, shy, iux, iuy, ksafe, clamp):
+    """:func:`refine_esm` for a 1×1 template with block (= over n) centring, by per-pixel gathers."""
+    xp = B.get_xp(sam)
+    N, H, W = sam.shape
+    yy = xp.clip(xp.arange(H)[:, None] - iuy, 0, H - 1)
+    xx = xp.clip(xp.arange(W)[None, :] - iux, 0, W - 1)
+    idx = (yy * W + xx).ravel()
+
+    def g(a):  # a(r − s(r)) for every pixel, (N, H·W)
+        return xp.take(a.reshape(N, H * W), idx, axis=1)
+
+    kb = (0.5 / ksafe).ravel()
+    arr = {
+        "r": g(ref),
+        "gx": 0.5 * g(grx) + shx.reshape(N, H * W) * kb,  # G = ½(∇I_R(r−s) + ∇I_S/K̂)
+        "gy": 0.5 * g(gry) + shy.reshape(N, H * W) * kb,
+        "s": sam.reshape(N, H * W),
+    }
+    arr = {k: v - xp.mean(v, axis=0) for k, v in arr.items()}  # centre over n (ZNCC model)
+    Pm = {}
+    for a_, b_ in (("r", "r"), ("r", "gx"), ("r", "gy"), ("gx", "gx"), ("gx", "gy"), ("gy", "gy"),
+                   ("s", "r"), ("s", "gx"), ("s", "gy"), ("s", "s")):
+        Pm[(a_, b_)] = xp.einsum("np,np->p", arr[a_], arr[b_]).astype(np.float64)
+    m = [Pm[("r", "r")], -Pm[("r", "gx")], -Pm[("r", "gy")], Pm[("gx", "gx")], Pm[("gx", "gy")], Pm[("gy", "gy")]]
+    reg = 1e-9 * (m[0] + m[3] + m[5]) + 1e-30
+    m[0] = m[0] + reg
+    m[3] = m[3] + reg
+    m[5] = m[5] + reg
+    rhs = (Pm[("s", "r")], -Pm[("s", "gx")], -Pm[("s", "gy")])
+    k, kx, ky, ok = _solve3(m, rhs)
+    good = ok & (xp.abs(k) > 1e-12)
+    kk = xp.where(good, k, 1.0)
+    ddx = xp.clip(xp.where(good, kx / kk, 0.0), -clamp, clamp)
+    ddy = xp.clip(xp.where(good, ky / kk, 0.0), -clamp, clamp)
+    fit = k * rhs[0] + kx * rhs[1] + ky * rhs[2]
+    rho = xp.clip(fit / xp.sqrt(xp.maximum(fit * Pm[("s", "s")], 1e-60)), -1.0, 1.0)
+    shape = (H, W)
+    ux = (iux.ravel() + ddx).reshape(shape).astype(np.float32)
+    uy = (iuy.ravel() + ddy).reshape(shape).astype(np.float32)
+    kout = xp.where(good, k, ksafe.ravel()).reshape(shape).astype(np.float32)
+    return ux, uy, kout, rho.reshape(shape).astype(np.float32)
+
+
 def refine_esm(ref, sam, ux, uy, k_hat, w1d, *, centre: str = "frame", max_shift: int | None = None,
                clamp: float = 1.0):
     """Sub-pixel refinement of windowed speckle matching by one symmetric Gauss–Newton step.
@@ -332,6 +375,9 @@ def refine_esm(ref, sam, ux, uy, k_hat, w1d, *, centre: str = "frame", max_shift
     out_y = xp.asarray(uy, dtype=np.float32).copy()
     out_k = ksafe.copy()
     out_rho = xp.zeros((H, W), dtype=np.float32)
+    if h == 0 and centre == "block":
+        # pure vector matching (XSVT): gather each pixel's reference vector at its own integer shift
+        return _refine_vectors(ref, sam, grx, gry, shx, shy, iux, iuy, ksafe, clamp)
     code = (iuy + smax) * (2 * smax + 1) + (iux + smax)
     for c in [int(v) for v in B.asnumpy(xp.unique(code))]:
         dy = c // (2 * smax + 1) - smax
@@ -363,12 +409,9 @@ def refine_esm(ref, sam, ux, uy, k_hat, w1d, *, centre: str = "frame", max_shift
         Pm = {}
         for a_, b_ in (("r", "r"), ("r", "gx"), ("r", "gy"), ("gx", "gx"), ("gx", "gy"), ("gy", "gy"),
                        ("s", "r"), ("s", "gx"), ("s", "gy"), ("s", "s")):
-            acc = arr[a_][0] * arr[b_][0]
-            for n in range(1, N):
-                acc += arr[a_][n] * arr[b_][n]
-            tot = window_sum(acc, w)
+            tot = window_sum(xp.einsum("nhw,nhw->hw", arr[a_], arr[b_]), w)
             if centre == "frame":
-                tot -= xp.sum(mn[a_] * mn[b_], axis=0)
+                tot -= xp.einsum("nhw,nhw->hw", mn[a_], mn[b_])
             else:
                 tot -= xp.sum(mn[a_], axis=0) * xp.sum(mn[b_], axis=0) / np.float32(N)
             Pm[(a_, b_)] = tot.astype(np.float64)

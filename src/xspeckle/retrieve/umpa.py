@@ -104,15 +104,13 @@ def _band(sample, rc, m, a, offset, w1d, max_shift, df, subpixel, step, ref=None
         m_s = shifted(mp, s, dx, dy, H, W)
         A = shifted(ap, s, dx, dy, H, W)
         # centred window covariance C = Σ_n cov_w(I_S,n, I_R,n(· − s))
-        prod = sc[0] * r_s[0]
-        for n in range(1, N):
-            prod += sc[n] * r_s[n]
+        prod = xp.einsum("nhw,nhw->hw", sc, r_s)  # Σ_n (I_S,n − c)(I_R,n(· − s) − c)
         C = window_sum(prod, w1d)
-        C -= xp.sum(sm * m_s, axis=0)
+        C -= xp.einsum("nhw,nhw->hw", sm, m_s)
         m_raw = m_s + c
         # per-frame means: T fits ⟨I_S,n⟩ ≈ T·⟨I_R,n⟩ (DF: T = β + K; methods.md §1.3)
-        t4 = xp.sum(sm_raw * m_raw, axis=0)
-        t2 = xp.sum(m_raw * m_raw, axis=0)
+        t4 = xp.einsum("nhw,nhw->hw", sm_raw, m_raw)
+        t2 = xp.einsum("nhw,nhw->hw", m_raw, m_raw)
         Asafe = xp.maximum(A, tiny)
         if df:
             K = C / Asafe  # speckle amplitude factor K = cov/var (closed form of methods.md §1.3)

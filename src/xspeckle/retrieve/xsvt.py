@@ -112,9 +112,7 @@ def _band(sample, rc, r1, r2, offset, w, max_shift, subpixel, ref=None):
     tiny = np.float32(1e-20)
     for k, (dx, dy) in enumerate(shifts):
         r_s = shifted(rcp, s, dx, dy, H, W)
-        prod = sc[0] * r_s[0]
-        for n in range(1, N):
-            prod += sc[n] * r_s[n]
+        prod = xp.einsum("nhw,nhw->hw", sc, r_s)  # Σ_n S_n R_n(r − d) (einsum: no temporaries)
         r1s = shifted(r1p, s, dx, dy, H, W)
         cov = window_sum(prod, w)
         cov -= s1 * r1s / nel

@@ -8,8 +8,11 @@ Coordinates (all metres, relative to the rotation centre):
   axis is the detector centre column ``(W−1)/2``.
 * projection at angle θ (Radon convention): a point (x, y) lands on ``s = x·cosθ + y·sinθ``; the beam
   runs along ``t = −x·sinθ + y·cosθ``.  At θ = 0 the beam is along +y and s = x.
-* volume ``(Z, Y, X)`` with voxel v: voxel ``(k, j, i)`` sits at ``z = (k − (Z−1)/2)·v``,
-  ``y = (j − (Y−1)/2)·v``, ``x = (i − (X−1)/2)·v``.
+* volume ``(Z, Y, X)`` with voxel v: voxel ``(k, j, i)`` sits at ``z = (k − (Z−1)/2)·v`` (slice k is
+  detector row k), ``y = ((Y−1)/2 − j)·v`` (**y up**: y decreases with the row index j of a slice) and
+  ``x = (i − (X−1)/2)·v``.  This is the FBP convention of ``xspeckle.tomo.fbp`` (performance.md §3:
+  s = x cosθ + y sinθ, x along columns, y up, as astra and algotom), so ``−FBP(phase)/(k p)`` of the
+  truth projections reproduces the ``delta`` volume without flips.
 
 Material properties are **additive**: each object adds its δ, β and its diffusion density
 ``diffusion`` (D_eff per metre of path, dimensionless) to whatever is already there, so an embedded
@@ -194,7 +197,7 @@ class Phantom:
         s = int(supersample)
         v = voxel_size_m
         zc = pixel_coordinates(nz, v, s)
-        yc = pixel_coordinates(ny, v, s)
+        yc = pixel_coordinates(ny, v, s)[::-1]  # y up: y = ((Y−1)/2 − j)·v
         xc = pixel_coordinates(nx, v, s)
         keys = ["delta", "beta"] + (["diffusion"] if any(o.diffusion for o in self.objects) else [])
         out = {k: np.zeros((nz, ny, nx), dtype=np.float64) for k in keys}
@@ -206,7 +209,7 @@ class Phantom:
 
         for sp in self.spheres:
             z0, y0, x0 = sp.center_m
-            (k0, k1), (j0, j1), (i0, i1) = box(z0, sp.radius_m, nz), box(y0, sp.radius_m, ny), box(x0, sp.radius_m, nx)
+            (k0, k1), (j0, j1), (i0, i1) = box(z0, sp.radius_m, nz), box(-y0, sp.radius_m, ny), box(x0, sp.radius_m, nx)
             if k1 <= k0 or j1 <= j0 or i1 <= i0:
                 continue
             dz = zc[k0 * s : k1 * s, None, None] - z0

@@ -25,7 +25,7 @@ from xspeckle.errors import ParameterError
 from xspeckle.geometry import Geometry, wavelength_from_energy
 from xspeckle.io.scan import write_scan
 from xspeckle.simulate.darkfield import diffusion_tensor_from_orientation
-from xspeckle.simulate.detector import beam_profile, bin_pixels, expose
+from xspeckle.simulate.detector import beam_profile, expose
 from xspeckle.simulate.diffuser import random_diffuser
 from xspeckle.simulate.forward import Grid, simulate_downstream, simulate_upstream
 from xspeckle.simulate.phantoms import Cylinder, Phantom, Sphere
@@ -49,7 +49,7 @@ PRESETS: dict[str, str] = {
     "mist-fibres": "upstream, three anisotropic scattering patches (major axis at 0, 45, 90 deg) with known "
     "diffusion tensor, 10 positions, 1 angle",
     "tomo-beads": "downstream (PWF) geometry, 3-D glass beads around a PMMA rod, 90 angles over [0, 180), "
-    "2 positions, delta/beta volumes as truth",
+    "2 positions, delta/beta volumes (Z, Y, X; y up as tomo.fbp) as truth",
     "tracking-shift": "upstream, smooth weak-absorbing phase object whose refraction shifts the speckle by up "
     "to 2 px (truth displacement), 16 positions, 1 angle",
 }
@@ -74,9 +74,11 @@ class SimulatedScan:
     geometry : Geometry
     truth : dict
         ``phase`` (A, H, W) rad (negative in matter), ``transmission`` (A, H, W), ``sample_mask``
-        (A, H, W) bool, ``coherence_length_x_m``/``_y_m`` (float, m), ``beam_profile`` (H, W); where
-        relevant ``diffusion`` (A, H, W) m, ``diffusion_tensor`` (3, A, H, W) m (xx, yy, xy),
-        ``displacement`` (2, A, H, W) px (x, y), ``delta``/``beta`` (Z, Y, X) with ``voxel_size_m``,
+        (A, H, W) bool, ``displacement`` (2, A, H, W) px (x, y) = d·∇φ/(k p) with d = Δ (upstream) or
+        L2 (downstream) — analytic for tracking-shift, central differences of ``phase`` otherwise —,
+        ``coherence_length_x_m``/``_y_m`` (float, m), ``beam_profile`` (H, W); where relevant
+        ``diffusion`` (A, H, W) m, ``diffusion_tensor`` (3, A, H, W) m (xx, yy, xy),
+        ``delta``/``beta`` (Z, Y, X) with ``voxel_size_m``,
         ``diffuser_transmission`` (P, H, W) complex64 (downstream), ``intensity_reference``
         (P, H, W) and ``intensity_sample`` (P, A, H, W) noise-free normalised intensities, and
         ``parameters`` (dict of the preset's settings).
@@ -217,6 +219,13 @@ def _phantom_fields(phantom: Phantom, thetas, grid: Grid, k, supersample=2):
         yield trans, D
 
 
+def _displacement_from_phase(phase, pixel_size_m: float, distance_m: float, k: float) -> np.ndarray:
+    """Speckle displacement ``(2, A, H, W)`` px = (x, y): ``u = d ∇φ / (k p)`` (design.md), with ∇φ by
+    central differences of the pixel-averaged truth phase (approximate at sharp edges)."""
+    gy, gx = np.gradient(phase.astype(np.float64), pixel_size_m, axis=(-2, -1))
+    return (np.stack([gx, gy]) * (distance_m / (k * pixel_size_m))).astype(np.float32)
+
+
 def _wing_check(mask: np.ndarray, name: str):
     w = mask.shape[-1]
     nw = max(1, int(round(0.05 * w)))
@@ -250,6 +259,7 @@ def _pwf_run(name, phantom: Phantom, det_shape, thetas, n_pos, seed, noise, extr
     (oy, ox), (H, W) = grid.offset, det_shape
     dt = np.stack([np.roll(diff, tuple(s), axis=(0, 1))[oy : oy + H, ox : ox + W] for s in shifts])
     truth = dict(phase=phase, transmission=trans, sample_mask=mask, beam_profile=prof,
+                 displacement=_displacement_from_phase(phase, p, c["L2"], k),
                  coherence_length_x_m=c["xcoh"], coherence_length_y_m=c["ycoh"],
                  diffuser_transmission=dt.astype(np.complex64), diffuser_shifts_px=shifts,
                  intensity_reference=ref_I, intensity_sample=dat_I)
@@ -335,6 +345,8 @@ def _upstream_run(name, det_shape, thetas, n_pos, seed, noise, conf, sample_fn, 
     photons = c["photons"] if photons is None else photons
     ref, data, flat, dark, prof = _expose_all(ref_I, dat_I, r_det, photons=photons, noise=noise)
     truth = truth_fn(grid, k)
+    if "displacement" not in truth:
+        truth["displacement"] = _displacement_from_phase(truth["phase"], p, c["delta"], k)
     truth.update(beam_profile=prof, coherence_length_x_m=c["xcoh"], coherence_length_y_m=c["ycoh"],
                  diffuser_shifts_px=shifts, intensity_reference=ref_I, intensity_sample=dat_I)
     truth["parameters"] = dict(preset=name, seed=int(seed), noise=bool(noise), photons_per_pixel=float(photons),
@@ -549,13 +561,20 @@ _UNITS = {"phase": "rad", "transmission": "1", "diffusion": "m", "diffusion_tens
           "phase_gradient_per_m": "rad/m"}
 
 
-def write_simulated(sim: SimulatedScan, path, *, overwrite: bool = False, compression: str | None = None) -> Path:
+def write_simulated(sim: SimulatedScan, path, *, overwrite: bool = False, compression: str | None = None,
+                    include_intensities: bool = True) -> Path:
     """Write a :class:`SimulatedScan` as a scan file (interfaces.md) with the truth under ``/truth``.
 
     Arrays become datasets of ``/truth``; scalars, strings and dicts/lists (JSON) its attributes;
-    ``/truth`` attribute ``units`` (JSON) gives each dataset's unit.
+    ``/truth`` attribute ``units`` (JSON) gives each dataset's unit.  ``include_intensities=False``
+    leaves out the noise-free ``intensity_reference``/``intensity_sample`` (they double the file size).
+    The file is written atomically; an existing *path* raises :class:`~xspeckle.errors.OutputError`
+    unless ``overwrite=True``.
     """
     truth = dict(sim.truth)
+    if not include_intensities:
+        truth.pop("intensity_reference", None)
+        truth.pop("intensity_sample", None)
     truth["units"] = {k: v for k, v in _UNITS.items() if k in truth}
     truth["preset"] = sim.name
     return write_scan(path, data=sim.data, reference=sim.reference, geometry=sim.geometry, flat=sim.flat,

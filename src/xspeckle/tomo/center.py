@@ -15,7 +15,7 @@ import numpy as np
 from xspeckle import backend
 from xspeckle.errors import InputError
 
-__all__ = ["find_center_pair", "find_center", "opposite_pair"]
+__all__ = ["find_center_pair", "find_center", "find_center_com", "opposite_pair"]
 
 
 def opposite_pair(theta_deg, tol_deg: float | None = None) -> tuple[int, int]:
@@ -79,9 +79,63 @@ def find_center_pair(p0, p180, *, search_px: float | None = None) -> float:
     return float(c)
 
 
-def find_center(sinograms, theta_deg, **kw) -> float:
-    """Axis from the 180-degree pair of a stack of sinograms ``(..., A, W)`` (rows averaged)."""
+def find_center_com(sinograms, theta_deg, *, edge_frac: float = 0.03) -> float:
+    """Axis from the sinusoidal track of the projections' centre of mass (any angular coverage).
+
+    For an object inside the field of view, the centre of mass of the projection at angle theta is
+    ``s_cm(theta) = c + x0 cos(theta) + y0 sin(theta)`` (the projection of the object's centre of mass
+    (x0, y0); Helgason-Ludwig consistency, order 1). A least-squares fit of (c, x0, y0) over all angles gives c.
+
+    Parameters
+    ----------
+    sinograms : array (..., A, W)
+        Line integrals (phase, -ln T, ...) that vanish in air; rows are summed.
+    theta_deg : array (A,)
+    edge_frac : float
+        Fraction of columns at each edge whose mean is taken as the background level and removed.
+
+    Returns
+    -------
+    float: axis column. Raises :class:`InputError` when the projections carry no net signal.
+    """
+    s = np.asarray(backend.asnumpy(sinograms), dtype=np.float64)
+    s = s.reshape(-1, s.shape[-2], s.shape[-1]).sum(axis=0)  # (A, W)
+    a, w = s.shape
+    e = max(1, int(round(edge_frac * w)))
+    s = s - 0.5 * (s[:, :e].mean(axis=1, keepdims=True) + s[:, -e:].mean(axis=1, keepdims=True))
+    mass = s.sum(axis=1)
+    if not np.all(np.abs(mass) > 1e-6 * np.abs(s).sum(axis=1).max()):
+        raise InputError("centre finding: some projections have no net signal (empty or truncated); pass --center PX")
+    t = np.arange(w, dtype=np.float64)
+    scm = (s * t).sum(axis=1) / mass  # centre of mass per angle, columns
+    th = np.deg2rad(np.asarray(theta_deg, dtype=np.float64).reshape(-1))
+    if np.unique(np.round(np.mod(th, 2 * np.pi), 9)).size < 3:
+        raise InputError("centre finding: need at least 3 distinct angles; pass --center PX")
+    M = np.stack([np.ones_like(th), np.cos(th), np.sin(th)], axis=1)
+    coef, *_ = np.linalg.lstsq(M, scm, rcond=None)  # s_cm = c + x0 cos + y0 sin
+    return float(coef[0])
+
+
+def find_center(sinograms, theta_deg, *, method: str = "auto", **kw) -> float:
+    """Rotation axis (detector column) from a stack of sinograms ``(..., A, W)``.
+
+    Parameters
+    ----------
+    method : {"auto", "pair", "com"}
+        ``"pair"``: mirror cross-correlation of the 0/180-degree pair (:func:`find_center_pair`, rows averaged);
+        ``"com"``: centre-of-mass sinusoid fit (:func:`find_center_com`); ``"auto"``: the pair when the scan
+        has two projections 180 degrees apart, else the centre-of-mass fit.
+    """
     s = np.asarray(backend.asnumpy(sinograms), dtype=np.float32)
     s = s.reshape(-1, s.shape[-2], s.shape[-1])
-    i, j = opposite_pair(theta_deg)
-    return find_center_pair(s[:, i, :], s[:, j, :], **kw)
+    if method not in ("auto", "pair", "com"):
+        raise InputError(f"centre finding: unknown method {method!r}; use auto, pair or com")
+    if method in ("auto", "pair"):
+        try:
+            i, j = opposite_pair(theta_deg)
+        except InputError:
+            if method == "pair":
+                raise
+        else:
+            return find_center_pair(s[:, i, :], s[:, j, :], **kw)
+    return find_center_com(s, theta_deg, **kw)

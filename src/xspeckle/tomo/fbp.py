@@ -226,7 +226,7 @@ class GridrecPlan:
         oversampling: float = 2.0,
         kernel_width: int = 4,
         xp=np,
-        interpolation: str = "sinc",
+        interpolation: str = "linear",
     ):
         theta = np.asarray(theta_deg, dtype=np.float64).reshape(-1)
         self.n_det = int(n_det)
@@ -413,7 +413,7 @@ def get_plan(
     oversampling: float = 2.0,
     kernel_width: int = 4,
     xp=np,
-    interpolation: str = "sinc",
+    interpolation: str = "linear",
 ) -> GridrecPlan:
     """A cached :class:`GridrecPlan` (the last 4 geometries are kept)."""
     c = None if center is None else float(center)
@@ -515,7 +515,7 @@ def fbp(
     batch: int = 4,
     oversampling: float = 2.0,
     kernel_width: int = 4,
-    interpolation: str = "sinc",
+    interpolation: str = "linear",
 ):
     """Filtered back-projection of parallel-beam sinograms.
 
@@ -537,10 +537,11 @@ def fbp(
         Slices per gridding pass (memory ~ 0.25 GB per slice at W = 2560).
     oversampling, kernel_width :
         Gridrec accuracy knobs (see :class:`GridrecPlan`).
-    interpolation : {"sinc", "linear"}
-        Gridrec only: ``"sinc"`` is the exact band-limited FBP; ``"linear"`` multiplies the filter by
-        ``sinc(w)^2``, the response of the linear interpolation that ``iradon`` and ``backproject`` use
-        (less ringing on aliased, point-sampled edges; a little less resolution).
+    interpolation : {"linear", "sinc"}
+        Gridrec only. ``"linear"`` (default) multiplies the filter by ``sinc(w)^2``, the frequency response of
+        the linear interpolation of MATLAB/skimage ``iradon`` (which seed 000 used) and of ``backproject``:
+        less ringing on aliased edges and less noise. ``"sinc"`` is the exact band-limited FBP (sharper;
+        better on pixel-integrated data, worse on point-sampled edges; see benchmarks/bench_fbp.py).
 
     Returns
     -------

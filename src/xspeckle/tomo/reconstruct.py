@@ -22,7 +22,7 @@ from xspeckle._version import __version__
 from xspeckle.errors import InputError, ParameterError, ScanFormatError
 from xspeckle.io.atomic import atomic_path, check_output_path
 from xspeckle.io.results import open_retrieval
-from xspeckle.tomo.center import find_center
+from xspeckle.tomo.center import find_center, opposite_pair
 from xspeckle.tomo.convert import (
     beta_from_transmission,
     delta_from_phase,
@@ -59,9 +59,10 @@ def reconstruct_file(
     out_path : path-like
         Volume file to write (``/volume/delta``, ``/volume/beta`` [, ``/volume/diffusion``]).
     center_px : float, optional
-        Rotation axis as a detector column (the CLI's ``--center``). Default: found from the 180-degree pair
-        of the middle rows (:func:`xspeckle.tomo.center.find_center`), falling back to ``(W - 1) / 2`` when
-        the scan has no such pair.
+        Rotation axis as a detector column (the CLI's ``--center``). Default: found from the 16 middle rows
+        (:func:`xspeckle.tomo.center.find_center`: the 180-degree pair when there is one, else the
+        centre-of-mass sinusoid fit), falling back to ``(W - 1) / 2`` when neither works. The root attribute
+        ``center_source`` says which.
     overwrite : bool
         Replace an existing output file.
     progress : callable(done, total), optional
@@ -111,9 +112,13 @@ def reconstruct_file(
             if src == "transmission":
                 sino = -np.log(np.clip(sino, 1e-6, None))
             try:
-                center = find_center(sino, theta)
+                opposite_pair(theta)
                 center_source = "0/180 pair"
-            except InputError:  # no two projections 180 degrees apart: use the detector middle
+            except InputError:
+                center_source = "centre-of-mass fit"
+            try:
+                center = find_center(sino, theta)
+            except InputError:  # no usable signal: use the detector middle
                 center = (W - 1) / 2.0
                 center_source = "detector middle"
         else:
