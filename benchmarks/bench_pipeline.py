@@ -1,11 +1,12 @@
-"""Throughput of ``xspeckle.pipeline.retrieve_scan`` on this CPU: 1 vs 2 local workers, Dask.
+"""Throughput of ``xspeckle.pipeline.retrieve_scan`` on this CPU: serial, 2 local processes, Dask.
 
-A scan of A angles x P = 4 diffuser positions at 512 x 512 px is written from the
-``mist-berry`` preset (one simulated angle; the sample frames of the other angles are
-that angle rolled by a few pixels, which changes nothing for the cost of a retrieval),
-then retrieved with MIST and LCS by each engine.  Reported: projections (angles) per
-second of the compute phase, wall time including set-up, and the peak resident memory of
-the whole process tree (sampled every 20 ms with psutil).
+Scans of A angles x P = 4 diffuser positions (uint16) are written from the ``mist-berry``
+preset (one simulated angle; the sample frames of the other angles are that angle rolled
+by a few pixels, which changes nothing for the cost of a retrieval), then retrieved with
+MIST and LCS (512 x 512 px, fast per projection) and UMPA (256 x 256 px, compute-heavy) by
+each engine.  Reported: projections (angles) per second of the compute phase and in the
+steady state, wall time, the peak resident memory of the whole process tree (sampled every
+20 ms with psutil), and whether the phase is bitwise equal to the serial run.
 
 Run standalone: ``python benchmarks/bench_pipeline.py [--quick]`` writes
 ``benchmarks/results/pipeline.md``.

@@ -14,6 +14,7 @@ from xspeckle.analysis.fsc import (
     frc,
     fsc,
     fsc_files,
+    fsc_files_random_pairs,
     fsc_random_pairs,
     resolution_crossing,
 )
@@ -117,3 +118,16 @@ def test_fsc_files_json(tmp_path):
     # identical beta: never crosses -> None (JSON null), never a fake number
     same = fsc_files(pa, pb, dataset="beta")
     assert same["resolution_m"] is None and json.loads(json.dumps(same))["resolution_m"] is None
+
+
+def test_fsc_files_random_pairs(tmp_path):
+    from xspeckle.io.results import write_volume
+
+    rng = np.random.default_rng(6)
+    shape = (32, 32, 32)
+    s = _signal(shape, rng).astype(np.float32)
+    paths = [write_volume(tmp_path / f"v{i}.h5", delta=s + rng.normal(0, np.sqrt(SIG2), shape), beta=s,
+                          voxel_size_m=1e-6) for i in range(4)]
+    out = json.loads(json.dumps(fsc_files_random_pairs(paths, n_pairs=3)))
+    assert out["n_pairs"] == 3 and len(out["curve"]["fsc_std"]) == 17
+    assert abs(out["resolution_m"] / (1e-6 / _predicted(0.25)) - 1) < 0.08

@@ -128,6 +128,12 @@ def test_step_and_parameters(tracking):
     ref, sam, truth, geom = tracking
     out = umpa(reference=ref[:4], sample=sam[:4], step=2, max_shift=3)
     assert out["displacement"].shape == (2, 64, 64)
+    full = umpa(reference=ref[:4], sample=sam[:4], max_shift=3)
+    roi = umpa(reference=ref[:4], sample=sam[:4], max_shift=3, roi=(40, 80, 30, 90))
+    assert roi["displacement"].shape == (2, 40, 60)
+    np.testing.assert_allclose(roi["displacement"], full["displacement"][:, 40:80, 30:90], atol=2e-3)
+    with pytest.raises(ParameterError):
+        umpa(reference=ref[:4], sample=sam[:4], roi=(0, 500, 0, 10))
     r = UMPARetriever(ref[:4], geom, window=1, max_shift=3)
     json.dumps(r.parameters)
     assert r.parameters["margin_px"] == 4

@@ -328,8 +328,14 @@ def fsc(vol_a, vol_b, voxel_size_m: float = 1.0, *, crop=None) -> dict[str, Any]
     return out
 
 
-def demo(outdir: str | os.PathLike = "xspeckle-demo", progress: Callable[[str], None] | None = None) -> Path:
-    """Build the demo report (``xspeckle demo``): see :func:`xspeckle.report.run_demo`."""
+def demo(outdir: str | os.PathLike = "xspeckle-demo", progress: Callable[[int, int], None] | None = None,
+         **kw: Any) -> Path:
+    """Build the demo report (``xspeckle demo``): see :func:`xspeckle.report.run_demo`.
+
+    Returns
+    -------
+    Path of ``OUTDIR/index.html``.
+    """
     from xspeckle.report import run_demo
 
-    return run_demo(outdir, progress=progress)
+    return run_demo(outdir, progress=progress, **kw)

@@ -44,7 +44,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import multiprocessing as mp
 import os
 import threading
@@ -445,7 +444,6 @@ def _compute(state: _State, angles: Sequence[int]) -> list[tuple[int, dict[str, 
 
 
 _LOCAL = threading.local()
-_LOCAL_LOCK = threading.Lock()
 
 
 def _thread_state(spec: _Spec) -> _State:
@@ -455,6 +453,10 @@ def _thread_state(spec: _Spec) -> _State:
         states = _LOCAL.states = {}
     st = states.get(spec.key)
     if st is None:
+        for old in states.values():  # one scan per worker thread at a time: long-lived workers do not pile up
+            with contextlib.suppress(Exception):
+                old.scan.close()
+        states.clear()
         st = states[spec.key] = _State(spec)
     return st
 
@@ -840,6 +842,11 @@ def retrieve_scan(
         raise InputError(f"workers must be a whole number >= 1, got {workers!r}") from None
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
+    if device == "cuda" and scheduler is not None:
+        raise InputError(
+            "--scheduler with --device cuda is not supported: run the GPU retrieval on the GPU machine "
+            "(one process per GPU), or use --device cpu with the cluster"
+        )
     if batch is not None and int(batch) < 1:
         raise InputError(f"batch must be >= 1, got {batch}")
     if memory_limit_bytes is not None and int(memory_limit_bytes) <= 0:
@@ -858,8 +865,7 @@ def retrieve_scan(
         pos = scan.positions(positions)
         n_ang = scan.n_angles
         hash_ = input_hash(scan_path, method=method, positions=pos, device=device, params=params)
-        spec = _Spec(str(Path(scan_path).resolve()), tuple(pos), method if not isinstance(method, str) else method,
-                     params_json, device)
+        spec = _Spec(str(Path(scan_path).resolve()), tuple(pos), method, params_json, device)
 
         # ---- resume?
         restarted = None
@@ -882,7 +888,8 @@ def retrieve_scan(
         state = _State(spec, scan=scan)
         retr = state.retriever
         t_ref = time.perf_counter() - t0
-        parameters = {**params, **dict(getattr(retr, "parameters", {}) or {})}
+        # a deep copy taken now: some retrievers update their parameters while they run
+        parameters = json.loads(_dumps({**params, **dict(getattr(retr, "parameters", {}) or {})}))
         ref_bytes = sum(_array_bytes(x, set()) for x in (state.flat, state.dark))
         state_bytes = _array_bytes(retr, set())
         outputs = tuple(getattr(retr, "outputs", ()) or ())
@@ -924,7 +931,12 @@ def retrieve_scan(
         def on_result(angle: int, maps: Mapping[str, np.ndarray]) -> None:
             nonlocal writer
             if writer is None:
-                shapes = {k: tuple(np.shape(v)) for k, v in maps.items()}
+                shapes = {k: tuple(np.shape(v)) for k, v in maps.items() if k in _UNITS}
+                extra = sorted(k for k in maps if k not in _UNITS)
+                if extra:
+                    say(f"not stored (not in the retrieval layout of interfaces.md): {', '.join(extra)}")
+                if not shapes:
+                    raise ScanFormatError(f"method {method_name!r} returned no map of the retrieval layout")
                 writer = _PartialWriter.create(
                     part, shapes=shapes, n_angles=n_ang, method=method_name, parameters=parameters,
                     pipeline=pipeline_info, geometry_attrs=geometry_attrs, theta_deg=scan.theta_deg, hash_=hash_,

@@ -38,6 +38,7 @@ __all__ = [
     "resolution_crossing",
     "central_crop",
     "fsc_files",
+    "fsc_files_random_pairs",
 ]
 
 #: 1/4 criterion of seed 000 (Eqs. 17-18)
@@ -241,6 +242,41 @@ def fsc_random_pairs(volumes, *, n_pairs: int = 5, split: bool = False, seed: in
     return fsc_average(gen(), voxel_size_m=voxel_size_m, crop=crop)
 
 
+def _jsonable_result(r: dict[str, Any], vs: float, dataset: str, shape) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v for k, v in r.items() if k not in ("frequency_per_m", "fsc", "fsc_std", "n_voxels")}
+    out.update(voxel_size_m=float(vs), dataset=dataset, shape=[int(x) for x in shape])
+    curve = {"frequency_per_m": [float(x) for x in r["frequency_per_m"]], "fsc": [float(x) for x in r["fsc"]]}
+    for k in ("fsc_std", "n_voxels"):
+        if k in r:
+            curve[k] = [float(x) for x in r[k]]
+    out["curve"] = curve
+    return {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in out.items()}
+
+
+def fsc_files_random_pairs(
+    paths: Sequence[str | os.PathLike], *, dataset: str = "delta", n_pairs: int = 5, split: bool = False,
+    seed: int = 0, crop=None,
+) -> dict[str, Any]:
+    """:func:`fsc_random_pairs` over K volume files (e.g. 12 single-position PWF tomograms); JSON-able dict.
+
+    Only the central ``crop`` box of each file is read. Keys as :func:`fsc_files`, plus ``n_pairs`` and
+    ``curve["fsc_std"]``.
+    """
+    from xspeckle.io.results import open_volume
+
+    vols, vs, shape = [], None, None
+    for pth in paths:
+        with open_volume(pth) as v:
+            if shape is not None and v.shape != shape:
+                raise InputError(f"fsc: {v.path} is {v.shape}, the first volume is {shape}; the volumes must match")
+            if vs is not None and not np.isclose(v.voxel_size_m, vs, rtol=1e-6):
+                raise InputError(f"fsc: {v.path} has voxel size {v.voxel_size_m:g} m, the first has {vs:g} m")
+            shape, vs = v.shape, v.voxel_size_m
+            vols.append(np.asarray(v.dataset(dataset)[central_crop(v.shape, crop)], dtype=np.float32))
+    r = fsc_random_pairs(vols, n_pairs=n_pairs, split=split, seed=seed, voxel_size_m=vs)
+    return _jsonable_result(r, vs, dataset, vols[0].shape)
+
+
 def fsc_files(
     path_a: str | os.PathLike, path_b: str | os.PathLike, *, dataset: str = "delta", crop=None
 ) -> dict[str, Any]:
@@ -275,15 +311,6 @@ def fsc_files(
         b = np.asarray(vb.dataset(dataset)[sl], dtype=np.float32)
         vs = va.voxel_size_m
     r = fsc(a, b, voxel_size_m=vs)
-    out: dict[str, Any] = _summary(r, vs)
-    out.update(
-        voxel_size_m=float(vs),
-        dataset=dataset,
-        shape=[int(s) for s in a.shape],
-        curve={
-            "frequency_per_m": [float(x) for x in r["frequency_per_m"]],
-            "fsc": [float(x) for x in r["fsc"]],
-            "n_voxels": [float(x) for x in r["n_voxels"]],
-        },
-    )
-    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
+    r.update(_summary(r, vs))
+    r.pop("frequency_per_px")
+    return _jsonable_result(r, vs, dataset, a.shape)

@@ -111,7 +111,14 @@ class LCSModel:
 
     @property
     def q(self) -> int:
+        """Number of unknowns per pixel (3, 4 or 6)."""
         return self.A.shape[0]
+
+    def __call__(self, sample, *, iterations: int = 0, max_shift: float | None = None,
+                 weak_absorption: bool = False) -> dict[str, Any]:
+        """Per-projection LCS solve (no phase integration): ``transmission``, ``displacement`` (+u, px),
+        ``residual`` and, for the DF variants, ``dark_field_px2`` / ``dark_field_tensor_px2``."""
+        return _run(self, sample, iterations=iterations, max_shift=max_shift, weak_absorption=weak_absorption)
 
     def solve(self, sample, A=None, Minv=None, lam=None):
         """Return ``x (q, H, W)`` and the per-pixel RMS residual ``(H, W)`` for ``sample (K, H, W)``.

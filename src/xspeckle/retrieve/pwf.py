@@ -23,6 +23,12 @@ the authors' update direction.  ⟨·⟩_K averages over K diffuser positions (m
 pwf.md §1 end).  ``c = (max|t|²)²`` [pwf.md §2], Γ² = 1 − STF (Eqs. 14–15), y_B the sample
 softly band-limited by a Wiener filter with ε = 1e-5.
 
+Optimisation (:meth:`PWFModel.solve`): ``scheme="paper"`` is Algorithm S1 (Nesterov/FISTA,
+η = 1, no restart, the paper's correlation stop) plus guards (≥ 300 iterations, loss plateau,
+divergence → momentum reset and η/2); ``scheme="fast"`` (default) adds O'Donoghue–Candès
+adaptive restart and stops on the relative change of ψ + loss plateau — same fixed point,
+typically 2–3× fewer iterations (benchmarks/bench_pwf.py).
+
 Everything (one code path) runs on NumPy or CuPy arrays, complex64/float32, FFTs through
 :mod:`xspeckle.backend`.  Projections are processed in batches ``(B, K, H, W)``.
 """
@@ -52,7 +58,7 @@ from xspeckle.retrieve.coherence import (
 __all__ = ["PWFRetriever", "PWFResult", "PWFModel", "pwf", "fourier_resample", "SCHEMES", "zero_background_plane"]
 
 #: optimisation schemes: "paper" = Alg. S1 (FISTA, fixed step, no restart, correlation stop + guards);
-#: "fast" = ours (adaptive restart, larger step, loss-plateau stop), see :class:`PWFModel.solve`.
+#: "fast" = ours (adaptive momentum restart, ψ-change + loss-plateau stop), see :meth:`PWFModel.solve`.
 SCHEMES = ("fast", "paper")
 
 _SCHEME_DEFAULTS = {
@@ -88,6 +94,8 @@ def fourier_resample(a, shape_out: tuple[int, int]):
 
 def _tukey(n: int, taper: float) -> np.ndarray:
     """Tukey window of length *n* whose cosine tapers cover ``taper·n`` samples at EACH end."""
+    if taper <= 0:
+        return np.ones(n)
     x = np.arange(n, dtype=np.float64)
     wdt = max(taper * (n - 1), 1e-9)
     win = np.ones(n)
@@ -198,7 +206,6 @@ class PWFModel:
                  a_im: float = 0.01, pad_ratio: float = 0.15, resample="auto", wing_ratio: float = 0.05,
                  background_mask=None, wiener_eps: float = 1e-5, stripe_fix: bool = False):
         xp = B.get_xp(reference)
-        self.xp = xp
         ref = as_stack(reference, "reference")
         self.K, self.H, self.W = (int(s) for s in ref.shape)
         if geometry.diffuser_position != "downstream":
@@ -273,9 +280,10 @@ class PWFModel:
         shape = (self.Hr, self.Wr)
         self.shape = shape
 
-        # ---- mask m: Tukey over the padded array, taper = pad width (pwf.md §4 step 5) -> resampled
-        wy = _tukey(self.Hp, self.pad_y0 / self.Hp * (1 + 2 * pad_ratio) if self.pad_y0 else 0.0)
-        wx = _tukey(self.Wp, self.pad_x0 / self.Wp * (1 + 2 * pad_ratio) if self.pad_x0 else 0.0)
+        # ---- mask m: Tukey over the padded array, cosine tapers of pad_ratio × padded length at each
+        # end, so the taper begins just inside the field of view (pwf.md §4 step 5) -> resampled
+        wy = _tukey(self.Hp, pad_ratio)
+        wx = _tukey(self.Wp, pad_ratio)
         m = xp.asarray((wy[:, None] * wx[None, :]).astype(np.float32))
         m = xp.clip(fourier_resample(m, shape), 0.0, 1.0).astype(np.float32)
         self.m = m
@@ -316,6 +324,11 @@ class PWFModel:
         self.c = tmax**2                                                                  # c = (max|t|²)² [C]
         # Wiener band-limit filter for y_B, in rfft layout: IOTF·IOTF/(IOTF²+ε) (pwf.md §2 data prep)
         self._ywiener = (self.iotf_r * self.iotf_r / (self.iotf_r * self.iotf_r + wiener_eps)).astype(np.float32)
+
+    @property
+    def xp(self):
+        """Array module of this model (numpy or cupy); not stored, so the model stays picklable."""
+        return B.get_xp(self.q1)
 
     # ------------------------------------------------------------------ grid transforms
     def _to_grid(self, frames):
@@ -477,7 +490,7 @@ class PWFModel:
             Start value on the PWF grid (default ψ = 0).
         change_tol : float, optional
             ``"fast"`` scheme: stop when the relative change of ψ over the stopping mask between
-            two checks (*check_every* iterations apart) falls below this (default 2e-3) AND the
+            two checks (*check_every* iterations apart) falls below this (default 3e-3) AND the
             loss has plateaued.
         progress : callable(iteration, max_iter), optional
         callback : callable(iteration, active_indices, psi), optional
@@ -495,7 +508,7 @@ class PWFModel:
         stop_rule = d["stop"]
         if plateau_tol is None:
             plateau_tol = 1e-3 if scheme == "paper" else 2e-4
-        change_tol = 2e-3 if change_tol is None else float(change_tol)
+        change_tol = 3e-3 if change_tol is None else float(change_tol)
         s = xp.asarray(sample, dtype=np.float32)
         if s.ndim == 3:
             s = s[None]
@@ -525,7 +538,7 @@ class PWFModel:
         j = 0
         while active.size and j < max_iter:
             j += 1
-            g_re, g_im, loss, x = self.gradient(psi, yspec[active] if active.size != nb else yspec)
+            g_re, g_im, loss, x = self.gradient(psi, yspec if active.size == nb else yspec[xp.asarray(active)])
             # ---- paper stopping statistic: corr(e^ψ_j, e^ψ_{j+1}) over m > 0.99
             if x_prev is not None:
                 a = x_prev * mask
@@ -544,7 +557,7 @@ class PWFModel:
                 n_div[gi] += 1
                 step[gi] *= 0.5
                 tk[gi] = 1.0
-                psi[i_loc] = z_old[i_loc]
+                psi[int(i_loc)] = z_old[int(i_loc)]
                 if n_div[gi] > 20:
                     finished[i_loc] = True
                     reasons[gi] = "diverged"
@@ -617,7 +630,7 @@ class PWFModel:
                 progress(j, max_iter)
             if finished.any():
                 keep = ~finished
-                out_psi[active[finished]] = z_old[finished]
+                out_psi[xp.asarray(active[finished])] = z_old[xp.asarray(np.nonzero(finished)[0])]
                 active = active[keep]
                 if active.size:
                     sel = xp.asarray(np.nonzero(keep)[0])
@@ -627,7 +640,7 @@ class PWFModel:
                     if z_snap is not None:
                         z_snap = z_snap[sel]
         if active.size:
-            out_psi[active] = z_old
+            out_psi[xp.asarray(active)] = z_old
             for gi in active:
                 reasons[gi] = "max_iter"
         return self._finish(out_psi, y, iters, reasons, hist, scheme, eta, dict(
@@ -662,6 +675,17 @@ class PWFModel:
 
 
 # --------------------------------------------------------------------------- public API
+def _check_solve_keys(params) -> None:
+    import inspect
+
+    known = set(inspect.signature(PWFModel.solve).parameters) - {"self", "sample"}
+    bad = sorted(set(params) - known)
+    if bad:
+        raise ParameterError(f"pwf: unknown parameter(s) {', '.join(bad)}; model options: gamma, a_re, a_im, "
+                             f"pad_ratio, resample, wing_ratio, background_mask, wiener_eps, stripe_fix, "
+                             f"coherence_length_x_m/_y_m; solver options: {', '.join(sorted(known))}")
+
+
 def pwf(*, reference, sample, geometry: Geometry, scheme: str = "fast", coherence_length_x_m=None,
         coherence_length_y_m=None, progress=None, **kwargs) -> PWFResult:
     """Retrieve phase and transmission with PWF (plain-function API).
@@ -685,6 +709,7 @@ def pwf(*, reference, sample, geometry: Geometry, scheme: str = "fast", coherenc
                   "wiener_eps", "stripe_fix"}
     mk = {k: v for k, v in kwargs.items() if k in model_keys}
     sk = {k: v for k, v in kwargs.items() if k not in model_keys}
+    _check_solve_keys(sk)
     ref = as_stack(reference, "reference")
     model = PWFModel(ref, geometry, coherence_length_x_m=coherence_length_x_m,
                      coherence_length_y_m=coherence_length_y_m, **mk)
@@ -727,6 +752,7 @@ class PWFRetriever(Retriever):
     def __init__(self, reference, geometry: Geometry, **params: Any):
         super().__init__(reference, geometry, **params)
         mk = {k: params.pop(k) for k in list(params) if k in self._MODEL_KEYS}
+        _check_solve_keys(params)
         self.solve_params = params
         self.model = PWFModel(self.reference, geometry, **mk)
         self.parameters = self.model.parameters()

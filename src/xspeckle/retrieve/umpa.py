@@ -159,6 +159,7 @@ def umpa(
     df: bool = True,
     subpixel: str = "gauss-newton",
     step: int = 1,
+    roi: tuple[int, int, int, int] | None = None,
     chunk_rows: int | None = None,
     fill: bool = True,
     _precomputed=None,
@@ -185,6 +186,9 @@ def umpa(
     step : int
         Evaluate every ``step``-th pixel only (outputs are ``(ceil(H/step), ceil(W/step))``);
         ``step > 1`` uses the paraboloid refinement.
+    roi : (y0, y1, x0, x1), optional
+        Process only this region (px, Python slice bounds); the inputs are cut with a halo of
+        ``Nw + max_shift + 4`` px where available, and the outputs cover the ROI only (a preview).
     chunk_rows : int, optional
         Rows processed at once (bounds memory: the cost volume is ``(2s+1)²·chunk_rows·W`` float32).
         Default: chosen so that the volume stays below about 256 MB.
@@ -205,6 +209,20 @@ def umpa(
     sam = as_stack(sample, "sample")
     if ref.shape != sam.shape:
         raise ParameterError(f"umpa: sample {tuple(sam.shape)} and reference {tuple(ref.shape)} differ in shape")
+    if roi is not None:
+        H0, W0 = sam.shape[-2:]
+        try:
+            y0, y1, x0, x1 = (int(v) for v in roi)
+        except (TypeError, ValueError):
+            raise ParameterError(f"umpa: roi must be (y0, y1, x0, x1), got {roi!r}") from None
+        if not (0 <= y0 < y1 <= H0 and 0 <= x0 < x1 <= W0):
+            raise ParameterError(f"umpa: roi {roi!r} is outside the {H0}x{W0} image or empty")
+        hr = int(window) + int(max_shift) + 4  # + the 9-point gradient stencil of the refinement
+        a0, a1, b0, b1 = max(0, y0 - hr), min(H0, y1 + hr), max(0, x0 - hr), min(W0, x1 + hr)
+        res = umpa(reference=ref[:, a0:a1, b0:b1], sample=sam[:, a0:a1, b0:b1], window=window, max_shift=max_shift,
+                   df=df, subpixel=subpixel, step=1, chunk_rows=chunk_rows, fill=fill)
+        crop = (slice(y0 - a0, y1 - a0), slice(x0 - b0, x1 - b0))
+        return {k: (v[..., crop[0], crop[1]] if k != "margin" else v) for k, v in res.items()}
     xp = B.get_xp(sam)
     N, H, W = sam.shape
     w1d = hamming_window(window)

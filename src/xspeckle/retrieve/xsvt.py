@@ -105,10 +105,6 @@ def _band(sample, rc, r1, r2, offset, w, max_shift, subpixel, ref=None):
     r2p = xp.pad(r2, padw[1:], mode="edge")
     shifts = shift_grid(s)
     cost = xp.empty((len(shifts), H, W), dtype=np.float32)
-    best = xp.full((H, W), np.inf, dtype=np.float32)
-    best_r1 = xp.zeros((H, W), dtype=np.float32)
-    best_vr = xp.ones((H, W), dtype=np.float32)
-    best_k = xp.ones((H, W), dtype=np.float32)
     tiny = np.float32(1e-20)
     for k, (dx, dy) in enumerate(shifts):
         r_s = shifted(rcp, s, dx, dy, H, W)
@@ -117,18 +113,19 @@ def _band(sample, rc, r1, r2, offset, w, max_shift, subpixel, ref=None):
         cov = window_sum(prod, w)
         cov -= s1 * r1s / nel
         vr = xp.maximum(shifted(r2p, s, dx, dy, H, W) - r1s * r1s / nel, 0)
-        zncc = cov / xp.sqrt(xp.maximum(vs * vr, tiny))
-        cst = 1 - zncc  # ZNCC cost (lower is better)
-        cost[k] = cst
-        better = cst < best
-        best = xp.where(better, cst, best)
-        best_r1 = xp.where(better, r1s, best_r1)
-        best_vr = xp.where(better, vr, best_vr)
-        best_k = xp.where(better, cov / xp.maximum(vr, tiny), best_k)
+        cov /= xp.sqrt(xp.maximum(vs * vr, tiny))  # ZNCC
+        xp.subtract(1, cov, out=cost[k])  # cost 1 − ZNCC (lower is better)
     mode = "paraboloid" if subpixel == "gauss-newton" else subpixel
-    ux, uy, _, cmin = argmin_subpixel(cost, s, mode)
+    ux, uy, idx, cmin = argmin_subpixel(cost, s, mode)
     del cost
     rho = 1 - cmin
+    # reference block sums at the integer minimum, gathered from the padded maps
+    n = 2 * s + 1
+    yy = xp.arange(H)[:, None] + s - (idx // n - s)
+    xx = xp.arange(W)[None, :] + s - (idx % n - s)
+    best_r1 = r1p[yy, xx]
+    best_vr = xp.maximum(r2p[yy, xx] - best_r1 * best_r1 / nel, 0)
+    best_k = rho * xp.sqrt(vs / xp.maximum(best_vr, tiny))  # K = cov/var_R = ρ σ_S/σ_R
     if subpixel == "gauss-newton":
         ux, uy, _, rho = refine_esm(ref, sample, ux, uy, best_k, w, centre="block", max_shift=s)
     # T = ⟨S⟩/⟨R⟩ and v = (σ_S/σ_R)/T at the rounded shift (methods.md §1.2)

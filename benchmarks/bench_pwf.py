@@ -1,0 +1,133 @@
+"""PWF: iterations, accuracy and seconds per projection, paper scheme vs ours.
+
+1. Same simulated input (``pwf-beads``, coherence lengths given), ``scheme="paper"`` (Alg. S1:
+   FISTA, η = 1, no restart, correlation stop + our 300-iteration/loss-plateau guard) against
+   ``scheme="fast"`` (η = 1, O'Donoghue–Candès function restart, ψ-change + loss-plateau stop):
+   iterations, stop reason, relative phase error over the sample, wall time.
+2. Seconds per iteration and per projection on this CPU for 512², 1024² (full runs on pwf-beads)
+   and 2560×2160 (a fixed number of iterations timed on synthetic speckle, multiplied by the
+   iteration count measured at 512²/1024²; marked "extrapolated").
+
+Standalone: ``python benchmarks/bench_pwf.py [--quick]`` writes ``benchmarks/results/pwf.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import bench, main_standalone, md_table, section  # noqa: E402
+
+TITLE = "PWF (preconditioned Wirtinger flow): iterations, accuracy, seconds per projection"
+
+XC, YC = 3.48e-6, 4.31e-6
+
+
+def _relerr(phase, truth, mask):
+    import numpy as np
+
+    return float(np.linalg.norm((phase - truth)[mask]) / np.linalg.norm(truth[mask]))
+
+
+def _scheme_rows(size: int, positions: int):
+    from xspeckle.retrieve.pwf import PWFModel
+    from xspeckle.simulate import make_preset
+
+    s = make_preset("pwf-beads", size=size, seed=1, positions=positions)
+    ref, dat = s.normalised()
+    g = s.geometry.replace(coherence_length_x_m=XC, coherence_length_y_m=YC)
+    model = PWFModel(ref, g)
+    tr, m = s.truth["phase"][0], s.truth["sample_mask"][0]
+    rows = []
+    for scheme in ("paper", "fast"):
+        t0 = time.perf_counter()
+        r = model.solve(dat[None, :, 0], scheme=scheme)
+        dt = time.perf_counter() - t0
+        rows.append([f"{size}²", positions, scheme, r.iterations[0], r.stop_reason[0],
+                     f"{_relerr(r.phase[0], tr, m):.4f}", f"{dt:.1f}"])
+    return rows
+
+
+def _speed_full(size: int):
+    """Full fast-scheme run on pwf-beads (P = 1): iterations, s/iteration, s/projection."""
+    from xspeckle.retrieve.pwf import PWFModel
+    from xspeckle.simulate import make_preset
+
+    s = make_preset("pwf-beads", size=size, seed=1, positions=1)
+    ref, dat = s.normalised()
+    g = s.geometry.replace(coherence_length_x_m=XC, coherence_length_y_m=YC)
+    t0 = time.perf_counter()
+    model = PWFModel(ref, g)
+    t_init = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r = model.solve(dat[None, :, 0], scheme="fast")
+    t = time.perf_counter() - t0
+    return dict(shape=f"{size}×{size}", grid=model.shape, init=t_init, iters=r.iterations[0],
+                per_iter=t / r.iterations[0], total=t, relerr=_relerr(r.phase[0], s.truth["phase"][0],
+                                                                   s.truth["sample_mask"][0]))
+
+
+def _speed_fixed(h: int, w: int, n_iter: int = 6):
+    """Per-iteration time on synthetic speckle of (h, w): (t(n) − t(2))/(n − 2) over solve() calls."""
+    import numpy as np
+    from scipy import ndimage
+
+    from xspeckle.geometry import Geometry
+    from xspeckle.retrieve.pwf import PWFModel
+
+    rng = np.random.default_rng(0)
+    ref = (1 + 0.3 * ndimage.gaussian_filter(rng.standard_normal((h, w)), 2.0) * 4).astype(np.float32)
+    ref = np.clip(ref, 0.05, None)[None]
+    sam = (ref * (1 + 0.01 * rng.standard_normal((1, h, w)))).astype(np.float32)
+    g = Geometry(energy_ev=10000.0, pixel_size_m=650e-9, sample_detector_distance_m=0.023,
+                 diffuser_position="downstream", diffuser_detector_distance_m=0.020,
+                 coherence_length_x_m=XC, coherence_length_y_m=YC)
+    t0 = time.perf_counter()
+    model = PWFModel(ref, g)
+    t_init = time.perf_counter() - t0
+    t2 = bench(lambda: model.solve(sam[None], max_iter=2, min_iter=2), label="2 it", warmup=0, repeats=1)
+    tn = bench(lambda: model.solve(sam[None], max_iter=n_iter, min_iter=n_iter), label=f"{n_iter} it",
+               warmup=0, repeats=1)
+    per_iter = (tn.median_s - t2.median_s) / (n_iter - 2)
+    return dict(shape=f"{w}×{h}", grid=model.shape, init=t_init, per_iter=per_iter, timings=[t2, tn])
+
+
+def run(quick: bool = False) -> str:
+    scheme_cfg = [(128, 1), (128, 12)] if quick else [(256, 1), (256, 12), (512, 1)]
+    rows = []
+    for size, pos in scheme_cfg:
+        rows += _scheme_rows(size, pos)
+    t1 = md_table(["frame", "positions", "scheme", "iterations", "stop", "phase rel. error", "wall s"], rows)
+
+    full_sizes = [256] if quick else [512, 1024]
+    speed = [_speed_full(n) for n in full_sizes]
+    fixed = _speed_fixed(540, 640) if quick else _speed_fixed(2160, 2560)
+    mean_it = sum(d["iters"] for d in speed) / len(speed)
+    srows = [[d["shape"], "×".join(map(str, d["grid"])), f"{d['init']:.2f}", d["iters"],
+              f"{d['per_iter'] * 1e3:.0f}", f"{d['total']:.1f}", f"{d['relerr']:.3f}", "measured"] for d in speed]
+    srows.append([fixed["shape"], "×".join(map(str, fixed["grid"])), f"{fixed['init']:.2f}", f"{mean_it:.0f}",
+                  f"{fixed['per_iter'] * 1e3:.0f}", f"{fixed['per_iter'] * mean_it:.0f}", "–",
+                  f"extrapolated: s/iteration × mean iterations of the rows above"])
+    t2 = md_table(["frame", "PWF grid (padded, resampled)", "set-up s", "iterations", "ms / iteration",
+                   "s / projection", "phase rel. error", "how"], srows)
+    body = (
+        "Same simulated input for both schemes (pwf-beads, seed 1, 10⁴ photons/px, coherence lengths given). "
+        "`paper` = Algorithm S1 (FISTA, η = 1, no restart) stopped by the paper's correlation rule, with our guard "
+        "(≥ 300 iterations and a loss plateau; without it the rule fires after 10–30 iterations, pwf.md §9.3). "
+        "`fast` (default) = η = 1, O'Donoghue–Candès function-value restart, stop when ψ changes < 3e-3 "
+        "(relative, per 10 iterations) and the loss has plateaued. Both converge to the same objective; "
+        "the remaining single-position error (≈ 0.07 at 256²) is the method's fixed point (noise-free data give the "
+        "same), the multi-position variant (gradient averaged over 12 positions) reaches ≈ 0.04.\n\n"
+        + t1 + "\n\n"
+        "CPU timing, numpy + scipy.fft (workers = all cores), complex64, one projection, P = 1, fast scheme:\n\n"
+        + t2 + "\n"
+    )
+    cmd = "python benchmarks/bench_pwf.py" + (" --quick" if quick else "")
+    return section(TITLE, body, cmd, quick=quick, timings=fixed["timings"])
+
+
+if __name__ == "__main__":
+    main_standalone(__file__, TITLE, run)

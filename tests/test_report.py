@@ -1,0 +1,94 @@
+"""Tests of xspeckle.report.run_demo: the report folder is complete and its numbers are sane.
+
+The demo runs once per module at a small size (64 px 2-D scans, a 48 px / 12-angle tomogram).
+Chromium is not needed: the HTML is checked for existing image files and for the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from xspeckle.report import DEMO_STEPS, run_demo
+from xspeckle.retrieve import available_methods
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    calls, msgs = [], []
+    index = run_demo(out / "report", progress=lambda d, t: calls.append((d, t)), log=msgs.append,
+                     size=64, tomo_size=48, tomo_angles=12)
+    return out / "report", index, calls, msgs
+
+
+def test_index_references_existing_png_figures(demo):
+    folder, index, calls, _ = demo
+    assert index == folder / "index.html" and index.is_file()
+    page = index.read_text(encoding="utf-8")
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    want = {f"figures/maps_{m}.png" for m in ("pwf", "mist", "lcs") if m in available_methods()}
+    if "pwf" in available_methods():
+        want |= {"figures/sinogram.png", "figures/tomogram_slices.png", "figures/fsc.png"}
+    assert want <= set(srcs), f"missing figures: {want - set(srcs)}"
+    for s in srcs:
+        assert not s.startswith("/") and "://" not in s  # relative paths: the folder can be moved
+        p = folder / s
+        assert p.is_file(), s
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, s
+    assert len(re.findall(r"<figcaption>[^<]{20,}</figcaption>", page)) == len(srcs)  # every figure has a caption
+    assert calls[-1] == (DEMO_STEPS, DEMO_STEPS)
+
+
+def test_numbers_json_accuracy_and_html_table(demo):
+    folder, index, _, _ = demo
+    nums = json.loads((folder / "numbers.json").read_text())
+    page = index.read_text(encoding="utf-8")
+    avail = available_methods()
+    for m in ("pwf", "mist", "lcs"):
+        if m in avail:
+            n = nums["methods"][m]
+            assert math.isfinite(n["phase_rel_rms"]) and 0 <= n["phase_rel_rms"] < 1.0, (m, n)
+            assert f"{n['phase_rel_rms']:.3g}" in page  # the table shows the number
+        else:
+            assert m in nums["unavailable"] and m in page
+    if "pwf" in avail:
+        # PWF on pwf-beads: phase within 30 % RMS of the truth even at 64 px (it is ~14 % there)
+        assert nums["methods"]["pwf"]["phase_rel_rms"] < 0.3
+    if "mist" in avail:
+        # MIST's mean D_eff in the scattering core within 25 % of the simulated value
+        assert nums["methods"]["mist"]["deff_rel_error"] < 0.25
+        assert f"{nums['methods']['mist']['deff_rel_error']:.3g}" in page
+    t = nums["tomography"]
+    if "pwf" in avail:
+        assert math.isfinite(t["delta_rel_rms"]) and t["delta_rel_rms"] < 1.0
+        assert f"{t['delta_rel_rms']:.3g}" in page
+        for key in ("fsc_resolution_m", "fsc_resolution_m_1_7"):
+            r = t[key]
+            assert r is None or r >= 0.99 * t["nyquist_resolution_m"]
+        assert t["center_px_true"] == pytest.approx((48 - 1) / 2)
+        assert np.isfinite(t["center_px_auto"])
+    for k, v in nums["timings_s"].items():
+        assert v >= 0, k
+    assert nums["timings_s"]["total"] > 0 and "Timings" in page
+
+
+def test_unavailable_method_is_reported_not_faked(tmp_path, monkeypatch):
+    import xspeckle.report as R
+    import xspeckle.retrieve as RR
+
+    monkeypatch.setitem(RR.METHODS, "lcs", ("xspeckle.retrieve.no_such_module", "LCSRetriever"))
+    monkeypatch.setattr(R._Demo, "tomography", lambda self, *a, **k: None)  # 2-D part only (fast)
+    msgs = []
+    index = run_demo(tmp_path / "r", size=64, log=msgs.append)
+    nums = json.loads((tmp_path / "r" / "numbers.json").read_text())
+    assert "lcs" in nums["unavailable"] and "lcs" not in nums["methods"]
+    page = index.read_text(encoding="utf-8")
+    assert "Not available in this installation" in page and "<b>lcs</b>" in page
+    assert not (tmp_path / "r" / "figures" / "maps_lcs.png").exists()
+    assert any("lcs: unavailable" in m for m in msgs)
