@@ -155,6 +155,27 @@ def test_tomo_beads_end_to_end(tmp_path):
     assert abs(d2[core].mean() / td[core].mean() - 1) < 0.05
 
 
+def test_transmission_only_with_offset_axis(tmp_path):
+    from xspeckle.io.results import write_retrieval
+
+    geo = Geometry(energy_ev=20000.0, pixel_size_m=2e-6, sample_detector_distance_m=0.5)
+    k, p = geo.wavenumber_per_m, 2e-6
+    n, h, theta = 64, 4, np.linspace(0.0, 180.0, 91)  # 0 and 180 present: centre from the pair
+    b0, c = 5e-9, 33.4
+    chord = F.radon_ellipses([(1.0, 14.0, 14.0, 5.0, -3.0, 0.0)], theta, n, radius_px=1.0, center=c)
+    T = np.exp(-2 * k * p * b0 * chord).astype(np.float32)
+    ret = write_retrieval(tmp_path / "t.h5", {"transmission": np.repeat(T[:, None, :], h, axis=1)}, method="x",
+                          parameters={}, geometry=geo, theta_deg=theta)
+    out = reconstruct_file(ret, tmp_path / "v.h5", slab_rows=3)
+    with h5py.File(out, "r") as f:
+        assert set(f["volume"]) == {"beta"}
+        assert f.attrs["center_source"] == "0/180 pair" and abs(f.attrs["center_px"] - c) < 0.25
+        beta = f["volume/beta"][()]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    inside = np.hypot(xx - 5, -yy + 3) < 11  # disc at x = 5, y = -3 (y up) relative to the axis
+    assert abs(beta[:, inside].mean() / b0 - 1) < 0.02
+
+
 def test_reconstruct_rejects_bad_input(tmp_path):
     from xspeckle.errors import ScanFormatError
 

@@ -65,16 +65,35 @@ def _normal_inverse(A, alpha: float, chunk_rows: int = 256):
     """``(AᵀA + Λ)⁻¹`` per pixel, ``(q, q, H, W)`` float32, accumulated and inverted in float64."""
     xp = B.get_xp(A)
     q, K, H, W = A.shape
+    Af = A.reshape(q, K, H * W)
+    if q == 3:
+        # closed-form symmetric 3×3 inverse (adjugate), float64: much faster than batched LAPACK
+        e = {(j, k): xp.einsum("np,np->p", Af[j], Af[k], dtype=np.float64)
+             for j in range(3) for k in range(j, 3)}
+        lam = alpha * np.maximum([float(xp.mean(e[(j, j)])) for j in range(3)], 1e-30)
+        a00, a01, a02 = e[(0, 0)] + lam[0], e[(0, 1)], e[(0, 2)]
+        a11, a12, a22 = e[(1, 1)] + lam[1], e[(1, 2)], e[(2, 2)] + lam[2]
+        c00 = a11 * a22 - a12 * a12
+        c01 = a02 * a12 - a01 * a22
+        c02 = a01 * a12 - a02 * a11
+        c11 = a00 * a22 - a02 * a02
+        c12 = a01 * a02 - a00 * a12
+        c22 = a00 * a11 - a01 * a01
+        det = a00 * c00 + a01 * c01 + a02 * c02
+        inv = xp.where(xp.abs(det) > 1e-300, 1.0 / xp.where(xp.abs(det) > 1e-300, det, 1.0), 0.0)
+        out = xp.stack([xp.stack([c00, c01, c02]), xp.stack([c01, c11, c12]), xp.stack([c02, c12, c22])])
+        out = (out * inv).astype(np.float32).reshape(3, 3, H, W)
+        return out, lam
     diag_mean = np.zeros(q)
     for j in range(q):
-        diag_mean[j] = float(xp.mean(xp.sum(A[j].astype(np.float64) ** 2, axis=0)))
+        diag_mean[j] = float(xp.mean(xp.einsum("np,np->p", Af[j], Af[j], dtype=np.float64)))
     lam = alpha * np.maximum(diag_mean, 1e-30)  # Λ = α·diag(mean diag(AᵀA)), one scale per unknown
     out = xp.empty((q, q, H, W), dtype=np.float32)
     for y0 in range(0, H, chunk_rows):
         y1 = min(H, y0 + chunk_rows)
         a = A[:, :, y0:y1].astype(np.float64)
         M = xp.einsum("jnhw,knhw->hwjk", a, a)
-        M[..., np.arange(q), np.arange(q)] += xp.asarray(lam)
+        M[..., xp.arange(q), xp.arange(q)] += xp.asarray(lam)
         Minv = xp.linalg.inv(M)
         out[:, :, y0:y1] = xp.moveaxis(Minv, (2, 3), (0, 1)).astype(np.float32)
     return out, lam

@@ -91,6 +91,7 @@ def _band(sample, rc, m, a, offset, w1d, max_shift, df, subpixel, step, ref=None
     mp = xp.pad(m, padw, mode="edge")
     ap = xp.pad(a, padw[1:], mode="edge")
     shifts = shift_grid(s)
+    track = not (df and step == 1)  # else T, K are re-evaluated at the minimum after the loop
     Hs, Ws = sample[:, ::step, ::step].shape[1:]
     cost = xp.empty((len(shifts), Hs, Ws), dtype=np.float32)
     best = xp.full((Hs, Ws), np.inf, dtype=np.float32)
@@ -131,15 +132,31 @@ def _band(sample, rc, m, a, offset, w1d, max_shift, df, subpixel, step, ref=None
             K = K[::step, ::step]
             mean_term = mean_term[::step, ::step]
         cost[k] = L
-        better = L < best
-        best = xp.where(better, L, best)
-        bestT = xp.where(better, T, bestT)
-        bestv = xp.where(better, K / xp.where(xp.abs(T) > tiny, T, tiny), bestv)
-        bestK = xp.where(better, K, bestK)
-        bestM = xp.where(better, mean_term, bestM)
+        if track:
+            better = L < best
+            best = xp.where(better, L, best)
+            bestT = xp.where(better, T, bestT)
+            bestv = xp.where(better, K / xp.where(xp.abs(T) > tiny, T, tiny), bestv)
+            bestK = xp.where(better, K, bestK)
+            bestM = xp.where(better, mean_term, bestM)
     search_mode = "paraboloid" if subpixel == "gauss-newton" else subpixel
-    ux, uy, _, cmin = argmin_subpixel(cost, s, search_mode)
+    ux, uy, idx, cmin = argmin_subpixel(cost, s, search_mode)
     del cost
+    if not track:
+        # DF model, full grid: re-evaluate T, K and the mean misfit at the integer minimum from the
+        # padded reference maps (a gather) instead of tracking them through the shift loop
+        n = 2 * s + 1
+        yy = xp.arange(H)[:, None] + s - (idx // n - s)
+        xx = xp.arange(W)[None, :] + s - (idx % n - s)
+        m_raw = mp[:, yy, xx] + c
+        t4 = xp.einsum("nhw,nhw->hw", sm_raw, m_raw)
+        t2 = xp.einsum("nhw,nhw->hw", m_raw, m_raw)
+        bestT = t4 / xp.maximum(t2, tiny)
+        bestM = xp.sum((sm_raw - bestT * m_raw) ** 2, axis=0)
+        # L = V − C²/A + mean ⇒ K = C/A = sqrt((V + mean − L)/A) (C > 0 at a match)
+        A = xp.maximum(ap[yy, xx], tiny)
+        bestK = xp.sqrt(xp.maximum(V + bestM - cmin, 0) / A)
+        bestv = bestK / xp.where(xp.abs(bestT) > tiny, bestT, tiny)
     norm = U[::step, ::step] if step > 1 else U
     if subpixel == "gauss-newton":
         # one symmetric Gauss–Newton step on the same windowed DF misfit (tracking.refine_esm)
