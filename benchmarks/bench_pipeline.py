@@ -116,6 +116,7 @@ def run(quick: bool = False) -> str:
         import distributed  # noqa: F401
 
         engines.append(("Dask LocalCluster, 2 processes", {"dask": 2}))
+        engines.append(("Dask LocalCluster, 2 processes, MALLOC_MMAP_THRESHOLD_=256 MiB", {"dask": 2, "mmap": True}))
     except ImportError:
         pass
     import h5py
@@ -133,9 +134,20 @@ def run(quick: bool = False) -> str:
                 if "dask" in kw:
                     from distributed import LocalCluster
 
-                    with LocalCluster(n_workers=kw["dask"], threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=40) as cl:
-                        r = _one(scan, td / "out.h5", m, scheduler=cl.scheduler_address)
+                    # LocalCluster leaves its workers' environment (MALLOC_TRIM_THRESHOLD_=65536,
+                    # OMP_NUM_THREADS=1, ...) in this process's os.environ; restore it so that later
+                    # local-process runs do not inherit it (it slows allocation-heavy methods ~5x)
+                    import dask
+
+                    saved_env = dict(os.environ)
+                    extra = {"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": "268435456"} if kw.get("mmap") else {}
+                    try:
+                        with dask.config.set(extra), LocalCluster(n_workers=kw["dask"], threads_per_worker=1, processes=True,
+                                          dashboard_address=None, silence_logs=40) as cl:
+                            r = _one(scan, td / "out.h5", m, scheduler=cl.scheduler_address)
+                    finally:
+                        os.environ.clear()
+                        os.environ.update(saved_env)
                 else:
                     r = _one(scan, td / "out.h5", m, **kw)
                 with h5py.File(td / "out.h5", "r") as f:
@@ -168,7 +180,11 @@ def run(quick: bool = False) -> str:
         "the start-up of worker processes and their own reference/retriever set-up; the steady rate starts at the",
         "first written angle.",
         "The wall time adds the reference normalisation and retriever set-up in the calling process.",
-        f"Load average while running (other jobs share this machine): {os.getloadavg()[0]:.1f}.",
+        f"Load average at the end (other jobs share these 2 cores): {os.getloadavg()[0]:.1f}; timings are noisy.",
+        "Dask workers run with MALLOC_TRIM_THRESHOLD_=65536 (Dask's default pre-spawn environment), which makes",
+        "allocation-heavy methods (UMPA's cost volume) fault pages on every call (glibc then mmaps every array",
+        "above 128 KiB afresh); adding MALLOC_MMAP_THRESHOLD_=268435456 to the workers' environment",
+        "(`distributed.nanny.pre-spawn-environ`) removes that cost (last row of each method).",
         "",
         f"Reproduce: `.venv/bin/python benchmarks/bench_pipeline.py{' --quick' if quick else ''}`",
         "",

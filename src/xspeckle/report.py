@@ -320,7 +320,7 @@ class _Demo:
         ax.axhline(1 / 7, color="C2", ls=":", label="1/7")
         ax.set_xlabel("spatial frequency (1/µm)")
         ax.set_ylabel("FSC")
-        ax.set_ylim(-0.2, 1.05)
+        ax.set_ylim(min(-0.2, float(np.min(np.asarray(f["fsc"])[1:])) - 0.05), 1.05)
         ax.legend(fontsize=8)
         ax.set_title("Fourier shell correlation of two half-scan tomograms", fontsize=10)
         res = f["resolution_m"]

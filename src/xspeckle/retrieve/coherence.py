@@ -43,7 +43,7 @@ from scipy import optimize
 
 from xspeckle import backend as B
 from xspeckle.errors import InputError, ParameterError
-from xspeckle.optics import frequency_grid, fresnel_transfer
+from xspeckle.optics import fresnel_transfer
 
 __all__ = [
     "CoherenceCalibration",

@@ -38,10 +38,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
-import scipy.fft as _sfft
 
 from xspeckle import backend as B
 from xspeckle.errors import InputError, ParameterError
@@ -138,7 +137,16 @@ def zero_background_plane(phase, background_mask):
 
 
 def _fast_len(n: int) -> int:
-    return int(_sfft.next_fast_len(int(n), real=False))
+    """Smallest m >= n whose prime factors are 2, 3, 5, 7 (fast in pocketfft and cuFFT alike)."""
+    m = max(int(n), 1)
+    while True:
+        k = m
+        for f in (2, 3, 5, 7):
+            while k % f == 0:
+                k //= f
+        if k == 1:
+            return m
+        m += 1
 
 
 # --------------------------------------------------------------------------- result
@@ -287,7 +295,6 @@ class PWFModel:
         m = xp.asarray((wy[:, None] * wx[None, :]).astype(np.float32))
         m = xp.clip(fourier_resample(m, shape), 0.0, 1.0).astype(np.float32)
         self.m = m
-        self.m2 = m * m
         self.stop_mask = m > 0.99
 
         # ---- transfer functions (precomputed, pwf.md §4 step 6)

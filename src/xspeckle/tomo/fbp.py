@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.fft as _sfft
 import scipy.sparse as _sp
+import scipy.special as _special
 
 from xspeckle import backend
 from xspeckle.errors import ParameterError
@@ -169,7 +170,7 @@ def _kb_beta(width: int, sigma: float) -> float:
 def _kb(u: np.ndarray, width: int, beta: float) -> np.ndarray:
     """Kaiser-Bessel kernel ``I0(beta sqrt(1 - (2u/w)^2)) / I0(beta)`` for |u| <= w/2, u in grid units."""
     z = 1.0 - (2.0 * u / width) ** 2
-    out = np.i0(beta * np.sqrt(np.clip(z, 0.0, None))) / np.i0(beta)
+    out = _special.i0(beta * np.sqrt(np.clip(z, 0.0, None))) / _special.i0(beta)
     out[z < 0] = 0.0
     return out
 
@@ -282,8 +283,14 @@ class GridrecPlan:
         # row blocks for threaded sparse products (scipy's sparsetools release the GIL)
         nthreads = max(1, backend.fft_workers())
         bounds = np.linspace(0, G.shape[0], nthreads + 1).astype(int)
-        if xp is np:
-            self._blocks = [(int(a), int(b), G[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        if xp is np:  # row blocks as views of G's arrays (no copy)
+            self._blocks = []
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                i0, i1 = int(G.indptr[a]), int(G.indptr[b])
+                blk = _sp.csr_matrix(
+                    (G.data[i0:i1], G.indices[i0:i1], G.indptr[a : b + 1] - G.indptr[a]), shape=(b - a, G.shape[1])
+                )
+                self._blocks.append((int(a), int(b), blk))
         else:  # CuPy: one cuSPARSE matrix
             import cupyx.scipy.sparse as cusp
 
@@ -416,12 +423,13 @@ def get_plan(
     interpolation: str = "linear",
 ) -> GridrecPlan:
     """A cached :class:`GridrecPlan` (the last 4 geometries are kept)."""
-    c = None if center is None else float(center)
+    # normalise defaults so that equivalent requests share one cached plan
+    c = (int(n_det) - 1) / 2.0 if center is None else float(center)
     return _plan_cached(
         int(n_det),
         tuple(float(t) for t in np.asarray(theta_deg, dtype=np.float64).reshape(-1)),
         c,
-        None if output_size is None else int(output_size),
+        int(n_det) if output_size is None else int(output_size),
         filter,
         float(oversampling),
         int(kernel_width),
