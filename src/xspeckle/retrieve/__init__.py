@@ -25,6 +25,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "umpa": ("xspeckle.retrieve.umpa", "UMPARetriever"),
     "xsvt": ("xspeckle.retrieve.xsvt", "XSVTRetriever"),
     "of": ("xspeckle.retrieve.optical_flow", "OpticalFlowRetriever"),
+    "tie": ("xspeckle.retrieve.tie", "TIERetriever"),
 }
 
 

@@ -61,6 +61,7 @@ from xspeckle.errors import InputError, ParameterError
 from xspeckle.geometry import Geometry
 from xspeckle.retrieve.base import Retriever, as_stack
 from xspeckle.retrieve.derivatives import gradient, hessian, laplacian
+from xspeckle.retrieve.tie import single_material_tie
 from xspeckle.retrieve.integrate import (
     angular_frequency_grid,
     frankot_chellappa,
@@ -304,43 +305,6 @@ def inverse_laplacian_dct(laplacian_map, pixel_size_m: float, *, epsilon_per_m2:
     spec = B.dctn(f)
     spec *= -1.0 / den
     return B.idctn(spec).astype(np.float32, copy=False)
-
-
-def single_material_tie(g, geometry: Geometry, gamma: float, *, pad: str = "mirror"):
-    """Single-material TIE filter ``I_ob = F⁻¹[F(G)/(1 + γΔλ|k|²/(4π))]`` (float32).
-
-    Paganin et al. J. Microsc. 206, 33 (2002); Pavlov et al. Phys. Rev. Applied 13,
-    054023 (2020); methods.md §1.9 (``1 + πγΔλ|f|²`` with |f| in cycles/m equals
-    ``1 + γΔλ|k|²/(4π)`` with |k| in rad/m).  Mirror-padded on both axes.
-
-    Parameters
-    ----------
-    g : array (..., H, W)
-        ``G = I_ob − (γΔ/2k)∇²I_ob`` (dimensionless), e.g. ``I_S/I_R`` for one position.
-    geometry : Geometry
-        Uses Δ, λ and the pixel size.
-    gamma : float
-        δ/β of the material (> 0).
-
-    Returns
-    -------
-    I_ob : float32 (..., H, W), the intensity transmission.
-    """
-    if not (gamma > 0 and math.isfinite(gamma)):
-        raise ParameterError(f"gamma (delta/beta) must be a positive number, got {gamma!r}")
-    xp = B.get_xp(g)
-    f = xp.asarray(g, dtype=np.float32)
-    h, w = f.shape[-2:]
-    if pad == "mirror":
-        f = mirror_pad(f)
-    shape = f.shape[-2:]
-    ky, kx = angular_frequency_grid(shape, geometry.pixel_size_m, xp=xp, rfft=True)
-    c = np.float32(gamma * geometry.sample_detector_distance_m * geometry.wavelength_m / (4 * math.pi))
-    den = 1 + c * (kx * kx + ky * ky)
-    spec = B.rfft2(f)
-    spec /= den
-    out = B.irfft2(spec, s=shape)
-    return xp.ascontiguousarray(out[..., :h, :w]).astype(np.float32, copy=False)
 
 
 def fuse_diffusion(d, d_dx, d_dy, pixel_size_m: float, r_m2: float):

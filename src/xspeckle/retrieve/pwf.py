@@ -469,7 +469,7 @@ class PWFModel:
               min_iter: int | None = None, corr_tol: float = 1e-5, check_every: int = 10,
               plateau_window: int = 50, plateau_tol: float | None = None, restart: bool | None = None,
               divergence_factor: float = 2.0, psi0=None, progress: Callable[[int, int], None] | None = None,
-              change_tol: float | None = None,
+              change_tol: float | None = None, restart_min_gap: int = 0,
               callback: Callable[[int, Any, Any], None] | None = None) -> PWFResult:
         """Run PWF on a batch of projections.
 
@@ -495,6 +495,8 @@ class PWFModel:
             the last gradient step, resets the momentum and halves η.
         psi0 : array ``(B, 1, Hr, Wr)`` complex, optional
             Start value on the PWF grid (default ψ = 0).
+        restart_min_gap : int
+            Adaptive restart only when at least this many iterations passed since the last one.
         change_tol : float, optional
             ``"fast"`` scheme: stop when the relative change of ψ over the stopping mask between
             two checks (*check_every* iterations apart) falls below this (default 3e-3) AND the
@@ -536,6 +538,7 @@ class PWFModel:
         iters = np.zeros(nb, int)
         reasons = [""] * nb
         n_restart = np.zeros(nb, int)
+        last_restart = np.zeros(nb, int)
         n_div = np.zeros(nb, int)
         x_prev = None
         corr_val = np.full(nb, np.nan)
@@ -578,9 +581,10 @@ class PWFModel:
             for i_loc, gi in enumerate(active):
                 if bad[i_loc]:
                     continue
-                if restart and loss[i_loc] > prev_loss[gi]:
+                if restart and loss[i_loc] > prev_loss[gi] and j - last_restart[gi] >= restart_min_gap:
                     tk[gi] = 1.0                       # O'Donoghue & Candès (2015) function restart
                     n_restart[gi] += 1
+                    last_restart[gi] = j
                 t1 = (1 + math.sqrt(1 + 4 * tk[gi] ** 2)) / 2
                 beta[i_loc] = (tk[gi] - 1) / t1
                 tk[gi] = t1

@@ -162,6 +162,12 @@ def _band(sample, rc, m, a, offset, w1d, max_shift, df, subpixel, step, ref=None
         # one symmetric Gauss–Newton step on the same windowed DF misfit (tracking.refine_esm)
         ux, uy, K, rho = refine_esm(ref, sample, ux, uy, bestK, w1d, centre="frame", max_shift=s)
         if df:
+            # The joint (δ, K) Gauss–Newton fit sharpens K where the speckle is well modelled, but on
+            # low-visibility real speckle (FourRod: 6 %) with strong scatterers it can run away
+            # (negative or > 2×).  Keep it only where it stays within a factor 2 of the closed-form
+            # K = cov/var at the integer shift (methods.md §1.3); elsewhere use the closed form.
+            ok = (K > 0.5 * bestK) & (K < 2 * bestK + np.float32(0.05))
+            K = xp.where(ok, K, bestK)
             bestv = K / xp.where(xp.abs(bestT) > tiny, bestT, tiny)
         cmin = V * (1 - rho * rho) + bestM  # misfit of the refined fit: centred part + mean part
     return ux, uy, bestT, bestv, cmin / xp.maximum(norm, np.float32(1e-12)), None
