@@ -305,7 +305,8 @@ def retrieve(
     fn = _import("xspeckle.pipeline", "retrieve_scan", "xspeckle retrieve (the pipeline)")
     with _progress(f"retrieve {method}") as cb:
         path = fn(scan, out, method=method, positions=pos, device=device, workers=workers, scheduler=scheduler,
-                  params=params, overwrite=overwrite, progress=cb)
+                  params=params, overwrite=overwrite, progress=cb,
+                  log=lambda msg: print(f"xspeckle: {msg}", file=sys.stderr))
     _out(f"wrote {path}")
 
 

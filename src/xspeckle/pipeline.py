@@ -59,6 +59,7 @@ from xspeckle import backend as B
 from xspeckle._version import __version__
 from xspeckle.errors import InputError, MethodUnavailableError, OutputError, ScanFormatError
 from xspeckle.io.atomic import atomic_path, check_output_path
+from xspeckle.io.results import json_text as _dumps
 
 __all__ = [
     "retrieve_scan",
@@ -104,18 +105,6 @@ def log_path(out_path: str | os.PathLike) -> Path:
     return p.with_name(f"{p.name}.log.json")
 
 
-def _json_default(o: Any):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return repr(o)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default, sort_keys=True)
 
 
 def _method_ref(method: Any) -> str:
@@ -992,7 +981,7 @@ def retrieve_scan(
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with atomic_path(log_path(final), overwrite=True) as tmp:
-            tmp.write_text(json.dumps(info, indent=2, default=_json_default))
+            tmp.write_text(json.dumps(info, indent=2, default=str))
         return final
     finally:
         if writer is not None:

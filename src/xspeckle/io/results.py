@@ -78,8 +78,13 @@ def _json_default(o: Any):
     return str(o)
 
 
+def json_text(obj: Any) -> str:
+    """Deterministic JSON text (sorted keys) of parameters that may hold NumPy scalars/arrays or paths."""
+    return json.dumps(obj, default=_json_default, sort_keys=True)
+
+
 def _parameters_json(parameters: Mapping[str, Any] | None) -> str:
-    return json.dumps(dict(parameters or {}), default=_json_default, sort_keys=True)
+    return json_text(dict(parameters or {}))
 
 
 def _check_name(name: str) -> None:
