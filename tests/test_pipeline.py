@@ -446,3 +446,24 @@ def test_interrupted_pool_run_resumes_serially_to_identical_output(tmp_path, sca
         assert int(f["progress/angles_done"][()].sum()) == 3
     retrieve_scan(scan, out, method=TinyRetriever, params={"gain": 2.0}, workers=1)  # engines can change
     assert_same(read_all(out), read_all(serial_out))
+
+
+def test_scan_without_flat_is_normalised_like_scan_methods(tmp_path):
+    """No flat field: the pipeline divides by the mean dark-subtracted reference, as Scan.normalised_* do."""
+    from xspeckle.io.results import open_retrieval
+    from xspeckle.io.scan import Scan, write_scan
+    from xspeckle.pipeline import retrieve_scan
+    from xspeckle.retrieve import make_retriever
+    from xspeckle.simulate import make_preset
+
+    sim = make_preset("mist-berry", size=64, positions=4)
+    scan = tmp_path / "noflat.h5"
+    write_scan(scan, data=sim.data, reference=sim.reference, dark=sim.dark, geometry=sim.geometry)
+    out = retrieve_scan(scan, tmp_path / "o.h5", method="mist")
+    with Scan(scan) as sc:
+        ref = sc.normalised_reference()
+        assert abs(float(ref.mean()) - 1.0) < 0.05
+        direct = make_retriever("mist", ref, sc.geometry)(sc.normalised_sample(0))
+    with open_retrieval(out) as r:
+        np.testing.assert_allclose(r.read("diffusion", angles=0), direct["diffusion"], rtol=1e-4, atol=1e-15)
+        np.testing.assert_allclose(r.read("phase", angles=0), direct["phase"], rtol=1e-4, atol=1e-4)

@@ -334,6 +334,11 @@ class _State:
         self.scan = scan if scan is not None else Scan(spec.scan_path)
         self.positions = list(spec.positions)
         flat, dark = self.scan.flat(), self.scan.dark()
+        if flat is None:
+            # no flat field: divide by the mean dark-subtracted reference instead (PWF notes §1), exactly as
+            # Scan.normalised_* do, so every method sees intensities ≈ 1 whatever the detector's counts
+            scale = np.float32(self.scan.intensity_scale())
+            flat = (dark + scale) if dark is not None else np.full(self.scan.frame_shape, scale, np.float32)
         if spec.device == "cuda":
             self.flat = None if flat is None else B.to_device(flat, "cuda")
             self.dark = None if dark is None else B.to_device(dark, "cuda")
