@@ -59,10 +59,12 @@ def reconstruct_file(
     out_path : path-like
         Volume file to write (``/volume/delta``, ``/volume/beta`` [, ``/volume/diffusion``]).
     center_px : float, optional
-        Rotation axis as a detector column (the CLI's ``--center``). Default: found from the 16 middle rows
-        (:func:`xspeckle.tomo.center.find_center`: the 180-degree pair when there is one, else the
-        centre-of-mass sinusoid fit), falling back to ``(W - 1) / 2`` when neither works. The root attribute
-        ``center_source`` says which.
+        Rotation axis as a detector column (the CLI's ``--center``). Default: found from 16 rows spread over
+        the middle 80 % of the detector (:func:`xspeckle.tomo.center.find_center`, ``"auto"``: the sharpest
+        reconstruction around the 180-degree pair estimate when there is one, else around the
+        centre-of-mass sinusoid fit), falling back to ``(W - 1) / 2`` when that fails. The root attributes
+        ``center_source`` (coarse estimate: "0/180 pair", "centre-of-mass fit", "detector middle" or "user")
+        and ``center_refinement`` ("reconstruction negativity" or "none") say which.
     overwrite : bool
         Replace an existing output file.
     progress : callable(done, total), optional
@@ -107,23 +109,25 @@ def reconstruct_file(
         H, W = r.frame_shape
         if center_px is None:
             src = "phase" if "phase" in r else "transmission"
-            rows = slice(max(0, H // 2 - 8), min(H, H // 2 + 8))
+            # 16 rows spread over the middle 80 % (one pass over the file: frames are chunked whole)
+            rows = slice(int(0.1 * H), max(int(0.9 * H), int(0.1 * H) + 1), max(1, int(0.8 * H) // 16))
             sino = np.moveaxis(r.read(src, rows=rows), 1, 0)  # (rows, A, W)
             if src == "transmission":
                 sino = -np.log(np.clip(sino, 1e-6, None))
             try:
                 opposite_pair(theta)
-                center_source = "0/180 pair"
+                center_source = "0/180 pair"  # the coarse estimate; refined below
             except InputError:
                 center_source = "centre-of-mass fit"
+            center_refinement = "reconstruction negativity"
             try:
                 center = find_center(sino, theta)
             except InputError:  # no usable signal: use the detector middle
                 center = (W - 1) / 2.0
-                center_source = "detector middle"
+                center_source, center_refinement = "detector middle", "none"
         else:
             center = float(center_px)
-            center_source = "user"
+            center_source, center_refinement = "user", "none"
             if not -W < center < 2 * W:
                 raise ParameterError(f"tomo: --center {center_px} is far outside the detector (0..{W - 1} px)")
         fkw = dict(center=center, filter=filter, method=method)
@@ -134,6 +138,7 @@ def reconstruct_file(
                 f.attrs["retrieval_method"] = r.method
                 f.attrs["center_px"] = float(center)
                 f.attrs["center_source"] = center_source
+                f.attrs["center_refinement"] = center_refinement
                 f.attrs["parameters"] = json.dumps(
                     {"filter": filter, "background": background, "method": method, "center_px": float(center),
                      "slab_rows": int(slab_rows)}
