@@ -207,12 +207,19 @@ class PWFModel:
         ε of the sample's Wiener band-limit (paper: 1e-5).
     stripe_fix : bool
         The authors' row-stripe (vertical-jitter) correction from the wings (pwf.md §4 step 2).
+    delta_over_beta : float, optional
+        Single-material prior (our extension, not in the paper): constrain ``Re ψ = Im ψ / (δ/β)``,
+        i.e. ``ψ = (β/δ + i)·φ`` with one real unknown φ per pixel (the projected-thickness coupling of
+        Paganin et al., J. Microsc. 206, 33 (2002), Eq. 3, used by MIST's attenuating model). One
+        speckle image constrains low-frequency phase and absorption only weakly and separately; the
+        coupling removes that ambiguity. Default None: phase and log-amplitude free (the paper).
     """
 
     def __init__(self, reference, geometry: Geometry, *, coherence_length_x_m: float | None = None,
                  coherence_length_y_m: float | None = None, gamma: float = 1.0, a_re: float = 0.1,
                  a_im: float = 0.01, pad_ratio: float = 0.15, resample="auto", wing_ratio: float = 0.05,
-                 background_mask=None, wiener_eps: float = 1e-5, stripe_fix: bool = False):
+                 background_mask=None, wiener_eps: float = 1e-5, stripe_fix: bool = False,
+                 delta_over_beta: float | None = None):
         xp = B.get_xp(reference)
         ref = as_stack(reference, "reference")
         self.K, self.H, self.W = (int(s) for s in ref.shape)
@@ -229,6 +236,10 @@ class PWFModel:
                 raise ParameterError(f"pwf: {name} must be positive, got {v!r}")
         if a_re < 0 or a_im < 0:
             raise ParameterError(f"pwf: a_re, a_im must be >= 0, got {a_re}, {a_im}")
+        if delta_over_beta is not None and not (float(delta_over_beta) > 0 and math.isfinite(float(delta_over_beta))):
+            raise ParameterError(f"pwf: delta_over_beta must be a positive number (δ/β of the sample), "
+                                 f"got {delta_over_beta!r}")
+        self.delta_over_beta = None if delta_over_beta is None else float(delta_over_beta)
 
         # ---- coherence lengths: given > geometry > calibrated (pwf.md §5)
         xc = coherence_length_x_m if coherence_length_x_m is not None else geometry.coherence_length_x_m
@@ -310,6 +321,13 @@ class PWFModel:
         k2 = ky * ky + kx * kx
         k2s = xp.where(k2 > 0, k2, 1.0)
         self.pinv_r = xp.where(k2 > 0, 1.0 / k2s, 0.0).astype(np.float32)               # Alg. S2, DC = 0
+        if self.delta_over_beta is not None:
+            # single material: the curvature of the loss in φ is ≈ κ² (phase, the reason for Alg. S2) plus
+            # b² (log-amplitude bφ, unit curvature as its η = 1 unpreconditioned step assumes), so the
+            # preconditioner becomes 1/(κ² + b²) — Paganin's low-pass form; finite at DC, where the
+            # absorption now fixes the level
+            b2 = (1.0 / self.delta_over_beta) ** 2
+            self.pinv_sm_r = (1.0 / (k2 + b2)).astype(np.float32)
         n = self.Hr * self.Wr
         wh = np.full(self.Wr // 2 + 1, 2.0)
         wh[0] = 1.0
@@ -448,13 +466,25 @@ class PWFModel:
         fre *= np.float32(self.a_re)
         fim *= self.gamma2_r
         fim *= np.float32(self.a_im)
-        gi = B.rfft2(g.imag)
-        if precondition:
-            gi *= self.pinv_r
-        gi += fim
-        g_im = B.irfft2(gi, s=shape)
-        g_re = B.irfft2(fre, s=shape)
-        g_re += g.real
+        if self.delta_over_beta is not None:
+            # single material: ψ = (b + i)φ, b = β/δ, so dL/dφ = 2(b·Re g + Im g) (g = ∂L/∂ψ*); the
+            # step on φ (preconditioned like the phase, Alg. S2) moves ψ along (b + i), staying on the constraint
+            b = np.float32(1.0 / self.delta_over_beta)
+            gi = B.rfft2(g.imag + b * g.real)
+            if precondition:
+                gi *= self.pinv_sm_r
+            gi += fim
+            gi += b * fre                                          # regularisation of Re ψ = bφ
+            g_im = B.irfft2(gi, s=shape)
+            g_re = b * g_im
+        else:
+            gi = B.rfft2(g.imag)
+            if precondition:
+                gi *= self.pinv_r
+            gi += fim
+            g_im = B.irfft2(gi, s=shape)
+            g_re = B.irfft2(fre, s=shape)
+            g_re += g.real
         loss = B.asnumpy(loss_d) / self.c + B.asnumpy(loss_r)
         return g_re, g_im, np.asarray(loss, dtype=np.float64), x
 
@@ -664,7 +694,10 @@ class PWFModel:
         resid = self.residual_image(psi, y)                              # (B,H,W)
         psi_d = self._from_grid(psi[:, 0])                               # (B,H,W)
         phase = zero_background_plane(psi_d.imag.astype(np.float32), self.background_mask)
-        trans = xp.exp(2 * psi_d.real).astype(np.float32)               # T = |e^ψ|² (pwf.md §1)
+        if self.delta_over_beta is None:
+            trans = xp.exp(2 * psi_d.real).astype(np.float32)           # T = |e^ψ|² (pwf.md §1)
+        else:                                                            # Re ψ = φ/(δ/β), with φ's background zeroed
+            trans = xp.exp(np.float32(2.0 / self.delta_over_beta) * phase).astype(np.float32)
         params = self.parameters()
         params.update(scheme=scheme, eta=list(eta), iterations=[int(i) for i in iters],
                       stop_reason=list(reasons), **extra)
@@ -679,7 +712,8 @@ class PWFModel:
                  gamma=self.gamma, a_re=self.a_re, a_im=self.a_im, pad_ratio=self.pad_ratio,
                  resample_ratio=self.resample_ratio, grid_shape=list(self.shape),
                  grid_pixel_m=[self.py, self.px], wing_px=self.n_wing, wiener_eps=self.wiener_eps,
-                 step_normaliser_c=self.c, stripe_fix=self.stripe_fix, positions=self.K)
+                 step_normaliser_c=self.c, stripe_fix=self.stripe_fix, positions=self.K,
+                 delta_over_beta=self.delta_over_beta)
         if self.calibration is not None:
             d["calibration"] = self.calibration.to_dict()
         return d
@@ -693,7 +727,7 @@ def _check_solve_keys(params) -> None:
     bad = sorted(set(params) - known)
     if bad:
         raise ParameterError(f"pwf: unknown parameter(s) {', '.join(bad)}; model options: gamma, a_re, a_im, "
-                             f"pad_ratio, resample, wing_ratio, background_mask, wiener_eps, stripe_fix, "
+                             f"pad_ratio, resample, wing_ratio, background_mask, wiener_eps, stripe_fix, delta_over_beta, "
                              f"coherence_length_x_m/_y_m; solver options: {', '.join(sorted(known))}")
 
 
@@ -717,7 +751,7 @@ def pwf(*, reference, sample, geometry: Geometry, scheme: str = "fast", coherenc
     PWFResult ; for a single projection the maps are ``(H, W)``, for a batch ``(B, H, W)``.
     """
     model_keys = {"gamma", "a_re", "a_im", "pad_ratio", "resample", "wing_ratio", "background_mask",
-                  "wiener_eps", "stripe_fix"}
+                  "wiener_eps", "stripe_fix", "delta_over_beta"}
     mk = {k: v for k, v in kwargs.items() if k in model_keys}
     sk = {k: v for k, v in kwargs.items() if k not in model_keys}
     _check_solve_keys(sk)
@@ -758,7 +792,7 @@ class PWFRetriever(Retriever):
     needs_downstream = True
 
     _MODEL_KEYS = ("coherence_length_x_m", "coherence_length_y_m", "gamma", "a_re", "a_im", "pad_ratio",
-                   "resample", "wing_ratio", "background_mask", "wiener_eps", "stripe_fix")
+                   "resample", "wing_ratio", "background_mask", "wiener_eps", "stripe_fix", "delta_over_beta")
 
     def __init__(self, reference, geometry: Geometry, **params: Any):
         super().__init__(reference, geometry, **params)
