@@ -20,6 +20,7 @@ Memory: spectra are taken with ``rfftn`` and shell sums are accumulated plane by
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Sequence
 
@@ -35,6 +36,7 @@ __all__ = [
     "frc",
     "fsc_average",
     "fsc_random_pairs",
+    "random_pairs",
     "resolution_crossing",
     "central_crop",
     "fsc_files",
@@ -205,41 +207,85 @@ def fsc_average(pairs, *, voxel_size_m: float = 1.0, crop=None) -> dict[str, Any
     return out
 
 
-def fsc_random_pairs(volumes, *, n_pairs: int = 5, split: bool = False, seed: int = 0, voxel_size_m: float = 1.0, crop=None):
-    """FSC averaged over random pairs (or random half/half splits) of K independent volumes.
+def _n_distinct(k: int, split: bool) -> int:
+    """Number of distinct unordered pairs (or unordered half/half splits, odd volume left out) of k volumes."""
+    if not split:
+        return k * (k - 1) // 2
+    h = k // 2
+    # choose the two halves (and, for odd k, the one left out), unordered: k! / (h! h! (k - 2h)!) / 2
+    return math.factorial(k) // (math.factorial(h) ** 2 * math.factorial(k - 2 * h)) // 2
+
+
+def random_pairs(k: int, n_pairs: int = 5, *, split: bool = False, seed: int = 0) -> list:
+    """Draw *n_pairs* **distinct** random pairs (or half/half splits) of ``k`` volume indices.
+
+    Seed 000 (Methods, "Fourier shell correlation"): "Five FSC are calculated from different pairs of
+    tomograms and averaged" (PWF, K = 12) and, for LCS, "from different random splits" of the K measurements
+    into two sets of K/2. "Different" is honoured: no pair (unordered) or split (unordered halves) repeats.
+
+    Returns
+    -------
+    list of ``(i, j)`` (plain ints) or, with ``split=True``, of ``(half_a, half_b)`` sorted index tuples.
+    """
+    k, n_pairs = int(k), int(n_pairs)
+    if k < 2:
+        raise InputError("fsc_random_pairs: need at least two volumes")
+    if n_pairs < 1:
+        raise ParameterError(f"fsc_random_pairs: n_pairs must be >= 1, got {n_pairs}")
+    avail = _n_distinct(k, split)
+    if n_pairs > avail:
+        what = "half/half splits" if split else "pairs"
+        raise ParameterError(
+            f"fsc_random_pairs: {k} volumes give only {avail} distinct {what}; use n_pairs <= {avail}"
+        )
+    rng = np.random.default_rng(seed)
+    out, seen = [], set()
+    while len(out) < n_pairs:  # rejection of repeats; n_pairs <= avail, so this ends
+        perm = [int(i) for i in rng.permutation(k)]
+        h = k // 2
+        a, b = (tuple(sorted(perm[:h])), tuple(sorted(perm[h : 2 * h]))) if split else (perm[0], perm[1])
+        key = frozenset((a, b))  # unordered: (a, b) and (b, a) are the same pair / split
+        if key not in seen:
+            seen.add(key)
+            out.append((a, b))
+    return out
+
+
+def fsc_random_pairs(
+    volumes, *, n_pairs: int = 5, split: bool = False, seed: int = 0, voxel_size_m: float = 1.0, crop=None
+):
+    """FSC averaged over distinct random pairs (or random half/half splits) of K independent volumes.
 
     Parameters
     ----------
     volumes : sequence of arrays (Z, Y, X)
         K reconstructions, e.g. one per diffuser position (K = 12 in seed 000).
     n_pairs : int
-        Number of random pairs / splits (5 in seed 000).
+        Number of distinct random pairs / splits (5 in seed 000, Methods); see :func:`random_pairs`.
     split : bool
         False: FSC between two distinct volumes drawn at random (PWF protocol). True: split the K volumes at
-        random into two halves and compare the half *means* (LCS protocol, 6/6; here the volumes stand for
-        the per-half reconstructions' inputs, averaged).
+        random into two halves and compare the half *means* (LCS protocol, 6/6). FBP is linear, so the mean of
+        per-measurement tomograms equals the tomogram of the mean data; for a nonlinear retrieval pass the
+        per-half reconstructions instead (split=False with two volumes).
     seed : int
 
     Returns
     -------
-    dict as :func:`fsc_average`.
+    dict as :func:`fsc_average`, plus ``pairs`` (the indices used, JSON-able).
     """
     k = len(volumes)
-    if k < 2:
-        raise InputError("fsc_random_pairs: need at least two volumes")
-    rng = np.random.default_rng(seed)
+    draws = random_pairs(k, n_pairs, split=split, seed=seed)
 
     def gen():
-        for _ in range(int(n_pairs)):
+        for a, b in draws:
             if split:
-                perm = rng.permutation(k)
-                h = k // 2
-                yield (sum(volumes[i] for i in perm[:h]) / h, sum(volumes[i] for i in perm[h : 2 * h]) / h)
+                yield (sum(volumes[i] for i in a) / len(a), sum(volumes[i] for i in b) / len(b))
             else:
-                i, j = rng.choice(k, 2, replace=False)
-                yield volumes[i], volumes[j]
+                yield volumes[a], volumes[b]
 
-    return fsc_average(gen(), voxel_size_m=voxel_size_m, crop=crop)
+    out = fsc_average(gen(), voxel_size_m=voxel_size_m, crop=crop)
+    out["pairs"] = [[list(a), list(b)] if split else [a, b] for a, b in draws]
+    return out
 
 
 def _jsonable_result(r: dict[str, Any], vs: float, dataset: str, shape) -> dict[str, Any]:
