@@ -158,7 +158,7 @@ def run(quick: bool = False) -> str:
         "(relative, per 10 iterations) and the loss has plateaued. Both converge to the same objective. "
         "The single-position error of the paper's objective is its fixed point, not noise or the diffuser "
         "estimate: data made noise-free by the model's own forward operator from the true ψ (row 'exact-model') "
-        "give the same or a larger error, because one speckle image barely separates low-frequency phase from "
+        "give a similar error (0.07–0.09), because one speckle image barely separates low-frequency phase from "
         "low-frequency absorption and the regularisation settles the rest. Two ways past it: several positions "
         "(gradient averaged over 12, multi-position PWF), or, for single-material samples, our prior "
         "ψ = (β/δ + i)φ (`--param delta_over_beta=…`; preconditioner 1/(κ² + (β/δ)²)), which also needs fewer "
