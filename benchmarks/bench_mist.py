@@ -5,13 +5,18 @@ Input: a synthetic speckle stack (N = 4 positions, 2048 × 2048, float32): log-n
 lenses it slightly.  Both codes get the same arrays, each in its own layout (ours (N, H, W),
 LCS-Retrieval (H, W, N); the transposition is done once, outside the timings).
 
-Rows: the plain function ``xspeckle.retrieve.mist.mist`` (reference work + one projection),
-with and without the blur calibration; the per-projection cost of a prepared
-``MISTRetriever`` (what a tomography scan pays per angle); ``mist.mist_df(..., win_size=1)``
-from ``lcs-retrieval`` (its non-windowed MIST).  Also the correlation of the two D maps
-(LCS-Retrieval's D is in px² units: D_eff = D·p²; its default α = 1e5 would zero D, so α = 1e-6).
+Rows: the plain function ``xspeckle.retrieve.mist.mist`` (reference work + one projection: the
+call comparable with ``mist_df``), with and without the opt-in blur calibration; the
+per-projection cost of a prepared ``MISTRetriever`` (what a tomography scan pays per angle); the
+same two with the NumPy path (numba kernels switched off, as without the ``[fast]`` extra);
+``mist.mist_df(..., win_size=1)`` from ``lcs-retrieval`` (its non-windowed MIST).  Warm calls
+(one untimed call first); the first call in a fresh process (numba import and kernel load from
+its disk cache, FFT set-up) is timed separately in a subprocess for both codes.  Also the
+correlation of the two D maps (LCS-Retrieval's D is in px² units: D_eff = D·p²; its default
+α = 1e5 would zero D, so α = 1e-6).
 
-Standalone: ``python benchmarks/bench_mist.py [--quick]`` writes ``benchmarks/results/mist.md``.
+Standalone: ``python benchmarks/bench_mist.py [--quick]`` writes ``benchmarks/results/mist.md``
+(run it under the shared lock: ``flock /tmp/xspeckle-bench.lock .venv/bin/python benchmarks/bench_mist.py``).
 """
 
 from __future__ import annotations
@@ -55,7 +60,40 @@ def make_input(n: int, positions: int, seed: int = 0):
     return ref, smp.astype(np.float32), g
 
 
+_FIRST_CALL = """
+import sys, time
+sys.path.insert(0, {bench!r})
+import numpy as np
+from bench_mist import make_input
+ref, smp, g = make_input({n}, {positions})
+if {which!r} == "lcs":  # the layout change is not timed (as in the warm rows)
+    r, s = np.ascontiguousarray(np.moveaxis(ref, 0, -1)), np.ascontiguousarray(np.moveaxis(smp, 0, -1))
+t0 = time.perf_counter()  # the method's own imports are timed
+if {which!r} == "ours":
+    from xspeckle.retrieve.mist import mist
+    mist(reference=ref, sample=smp, geometry=g, blur_calibration=False)
+else:
+    from mist import mist_df
+    mist_df(r, s, g.sample_detector_distance_m, g.wavelength_m, win_size=1, alpha=1e-6)
+print(time.perf_counter() - t0)
+"""
+
+
+def _first_call_s(which: str, n: int, positions: int) -> float | None:
+    """Seconds of the first call (imports inside the timing) in a fresh interpreter, or None on failure."""
+    import subprocess
+
+    code = _FIRST_CALL.format(bench=str(Path(__file__).resolve().parent), n=n, positions=positions, which=which)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
 def run(quick: bool = False) -> str:
+    import xspeckle.retrieve.mist as mist_mod
+    from xspeckle.backend import fft_workers
     from xspeckle.retrieve.mist import MISTRetriever, mist
 
     n = 512 if quick else 2048
@@ -63,14 +101,30 @@ def run(quick: bool = False) -> str:
     repeats = 5
     ref, smp, g = make_input(n, positions)
     rows, timings = [], []
+    fast = mist_mod._fast_available(np)
 
     t_ours = bench(lambda: mist(reference=ref, sample=smp, geometry=g, blur_calibration=False),
                    label="ours", warmup=1, repeats=repeats)
-    t_cal = bench(lambda: mist(reference=ref, sample=smp, geometry=g, blur_calibration=True), label="ours cal", warmup=0, repeats=repeats)
+    t_cal = bench(lambda: mist(reference=ref, sample=smp, geometry=g, blur_calibration=True), label="ours cal",
+                  warmup=1, repeats=repeats)
     r = MISTRetriever(ref, g, blur_calibration=False)
     t_call = bench(lambda: r(smp), label="ours call", warmup=1, repeats=repeats)
     timings += [t_ours, t_cal, t_call]
-    ours = r(smp)["diffusion"]
+    ours_out = r(smp)
+    ours = ours_out["diffusion"]
+    # the NumPy path (no numba kernels), on the same input
+    saved = mist_mod._USE_NUMBA
+    mist_mod._USE_NUMBA = False
+    try:
+        t_np = bench(lambda: mist(reference=ref, sample=smp, geometry=g, blur_calibration=False),
+                     label="numpy", warmup=1, repeats=repeats)
+        r_np = MISTRetriever(ref, g, blur_calibration=False)
+        t_np_call = bench(lambda: r_np(smp), label="numpy call", warmup=1, repeats=repeats)
+        np_out = r_np(smp)
+    finally:
+        mist_mod._USE_NUMBA = saved
+    timings += [t_np, t_np_call]
+    path_diff = max(float(np.abs(ours_out[k] - np_out[k]).max() / np.abs(np_out[k]).max()) for k in ("phase", "diffusion"))
 
     try:
         from mist import mist_df  # lcs-retrieval installs a top-level package "mist"
@@ -88,6 +142,8 @@ def run(quick: bool = False) -> str:
         lcs_cell = t_lcs.cell()
     except ImportError:
         t_lcs, corr, ratio, lcs_cell = None, float("nan"), float("nan"), "not installed"
+    first_ours = _first_call_s("ours", n, positions)
+    first_lcs = _first_call_s("lcs", n, positions) if t_lcs is not None else None
 
     def speed(t):
         if t_lcs is None:
@@ -97,18 +153,32 @@ def run(quick: bool = False) -> str:
     def cells(t):
         return [t.cell(), f"{t.min_s * 1e3:.1f}"]
 
-    rows.append(["xspeckle `mist()` (reference work + 1 projection, first order as the paper)", *cells(t_ours), speed(t_ours)])
+    kern = "numba kernels" if fast else "NumPy path: numba not importable"
+    rows.append([f"xspeckle `mist()` (reference work + 1 projection, first order as the paper; {kern})", *cells(t_ours), speed(t_ours)])
     rows.append(["xspeckle `mist(blur_calibration=True)` (opt-in extension)", *cells(t_cal), speed(t_cal)])
-    rows.append(["xspeckle `MISTRetriever.__call__` (per projection, reference work done)", *cells(t_call), speed(t_call)])
+    rows.append([f"xspeckle `MISTRetriever.__call__` (per projection, reference work done; {kern})", *cells(t_call), speed(t_call)])
+    rows.append(["xspeckle `mist()`, NumPy path (`XSPECKLE_NUMBA=0`)", *cells(t_np), speed(t_np)])
+    rows.append(["xspeckle `MISTRetriever.__call__`, NumPy path", *cells(t_np_call), speed(t_np_call)])
     rows.append(["LCS-Retrieval 0.1.1 `mist.mist_df(win_size=1)`", lcs_cell,
                  f"{t_lcs.min_s * 1e3:.1f}" if t_lcs is not None else "—", "1.0x" if t_lcs is not None else "—"])
+
+    def fmt_first(s):
+        return "failed" if s is None else f"{s * 1e3:.0f} ms"
+
+    first = (f"First call in a fresh process (imports, numba kernel load from its disk cache, page faults; one run "
+             f"each): xspeckle `mist()` {fmt_first(first_ours)}, LCS-Retrieval `mist_df` {fmt_first(first_lcs)}"
+             + (f" ({first_lcs / first_ours:.1f}x)" if first_ours and first_lcs else "") + ".")
     body = (f"Input: {positions} positions × {n} × {n} float32 (synthetic speckle, sample = FP diffusion "
-            f"D_eff = 8e-12 m in a disc); times are medians of {repeats} runs in ms.\n\n"
+            f"D_eff = 8e-12 m in a disc); times are medians of {repeats} warm runs in ms; "
+            f"{fft_workers()} thread(s) for the FFTs and the numba kernels.\n\n"
             + md_table(["implementation", "median (ms)", "min (ms)", "speed-up vs LCS-Retrieval"], rows)
+            + "\n\n" + first
             + f"\n\nAgreement: correlation of the two D_eff maps {corr:.3f}; median ratio LCS-Retrieval/xspeckle "
               f"in the central quarter {ratio:.3f} (same first-order model; LCS-Retrieval works in px² and "
-              "a batched float32 solve per call, xspeckle in SI with the normal-matrix inverses precomputed from the reference).")
-    cmd = "python benchmarks/bench_mist.py" + (" --quick" if quick else "")
+              "a batched float32 solve per call, xspeckle in SI with the normal-matrix inverses precomputed from the "
+              f"reference).  numba and NumPy paths: largest difference {path_diff:.1e} of the map's maximum "
+              "(phase, D_eff; float rounding).")
+    cmd = "flock /tmp/xspeckle-bench.lock .venv/bin/python benchmarks/bench_mist.py" + (" --quick" if quick else "")
     return section(TITLE, body, cmd, quick=quick, timings=timings)
 
 

@@ -29,7 +29,9 @@ Models (``model=`` of :class:`MISTRetriever`, and plain functions):
   where the phase-object model's Laplacian is swamped by the neglected term.  N ≥ 4.
 * directional (:class:`DirectionalMISTRetriever`) — tensor extension of Pavlov 2020
   Eq. (9)–(10) (methods.md §1.12) with the design.md convention: the Fokker–Planck
-  term is Δ(∂_xx(D_xx I) + ∂_yy(D_yy I) + 2∂_xy(D_xy I)).
+  term is Δ(∂_xx(D_xx I) + ∂_yy(D_yy I) + 2∂_xy(D_xy I)); phase-object (default) or
+  single-material attenuating (``model="attenuating"``, γ = δ/β; Pavlov et al. 2021,
+  arXiv:2105.10693).
 
 **Blur calibration** (our extension, opt-in with ``blur_calibration=True``): the models are
 first order in ΔD (exp(ΔD∇²) ≈ 1 + ΔD∇²), so a blur σ = sqrt(2ΔD) approaching the speckle
@@ -46,12 +48,18 @@ analytically, which keeps every normal matrix well scaled (no 1e18 entries).
 
 All solvers work on NumPy or CuPy arrays (``backend.get_xp``), process the image in
 row blocks (memory bounded by ``block_rows``) and return float32 maps that are finite
-everywhere.
+everywhere.  On NumPy arrays the phase-object model (the paper's, the default) runs three fused
+numba kernels when numba is importable (the ``[fast]`` extra; :class:`_FastPhaseObject`): the
+same least-squares solve in one pass over the data with float64 sums, threaded over row
+chunks (``backend.fft_workers()`` threads); ``XSPECKLE_NUMBA=0`` selects the NumPy path.
+The inverse-Laplacian filter is computed once per retriever (reference-only work).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
@@ -274,6 +282,246 @@ class _PixelLSQ:
         return out
 
 
+# --------------------------------------------------------------------------- CPU fast path (numba)
+# The phase-object model (the paper's, and the default) on NumPy arrays: three fused kernels,
+# compiled lazily with numba when it is importable (the ``[fast]`` extra), each run over row
+# chunks by a thread pool (``nogil``; as many threads as ``backend.fft_workers()``, which the
+# pipeline caps per worker process).  They compute exactly what :class:`_PixelLSQ` computes for the
+# columns [I_R, −∇²I_R] (same stencil, same equilibrated Tikhonov term, same residual identity),
+# with every per-pixel sum in float64, in one pass over the data instead of ~60 NumPy passes.
+# Set ``XSPECKLE_NUMBA=0`` (or ``mist._USE_NUMBA = False``) to use the NumPy path.
+
+_USE_NUMBA = os.environ.get("XSPECKLE_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
+_KERNELS: dict[str, Any] | None = None  # compiled kernels, {} when numba is unavailable
+
+
+def _nb_columns(ref, col, y0, y1, acc0, acc1):
+    """col[:, y0:y1] = −∇²_px I_R (5-point stencil with reflected borders, in the operation order of
+    :func:`_laplacian_px`, float32); adds Σ_n I_R² and Σ_n col² per column x to acc0/acc1 (float64)."""
+    P, H, W = ref.shape
+    m4 = np.float32(-4.0)
+    for n in range(P):
+        for y in range(y0, y1):
+            yu = y - 1 if y > 0 else 0
+            yd = y + 1 if y < H - 1 else H - 1
+            a, u, d, o = ref[n, y], ref[n, yu], ref[n, yd], col[n, y]
+            # x = 0 and x = W − 1 reflect (a[−1] = a[0], a[W] = a[W − 1]); W ≥ 4 is checked by the caller
+            o[0] = -((((m4 * a[0] + u[0]) + d[0]) + a[0]) + a[1])
+            for x in range(1, W - 1):
+                o[x] = -((((m4 * a[x] + u[x]) + d[x]) + a[x - 1]) + a[x + 1])
+            o[W - 1] = -((((m4 * a[W - 1] + u[W - 1]) + d[W - 1]) + a[W - 2]) + a[W - 1])
+            for x in range(W):
+                v = np.float64(a[x])
+                c = np.float64(o[x])
+                acc0[x] += v * v
+                acc1[x] += c * c
+    return 0
+
+
+def _nb_inverse(ref, col, inv, y0, y1, s0, s1, alpha_eq, tiny):
+    """Per-pixel inverse of the equilibrated, regularised 2×2 normal matrix of [I_R, col]
+    (Pavlov 2020 Eq. 7 by least squares over the N positions; sums in float64), stored packed
+    (00, 01, 11) and scaled back by 1/(s_i s_j), as :class:`_PixelLSQ`."""
+    P, H, W = ref.shape
+    m00 = np.empty(W)
+    m01 = np.empty(W)
+    m11 = np.empty(W)
+    w00 = 1.0 / (s0 * s0)
+    w01 = 1.0 / (s0 * s1)
+    w11 = 1.0 / (s1 * s1)
+    for y in range(y0, y1):
+        m00[:] = 0.0
+        m01[:] = 0.0
+        m11[:] = 0.0
+        for n in range(P):
+            a, c = ref[n, y], col[n, y]
+            for x in range(W):
+                av = np.float64(a[x])
+                cv = np.float64(c[x])
+                m00[x] += av * av
+                m01[x] += av * cv
+                m11[x] += cv * cv
+        for x in range(W):
+            e00 = m00[x] * w00 + alpha_eq
+            e11 = m11[x] * w11 + alpha_eq
+            e01 = m01[x] * w01
+            det = e00 * e11 - e01 * e01
+            if not abs(det) > tiny:
+                det = tiny
+            det = 1.0 / det
+            inv[0, y, x] = e11 * det * w00
+            inv[1, y, x] = -e01 * det * w01
+            inv[2, y, x] = e00 * det * w11
+    return 0
+
+
+def _nb_solve(ref, col, smp, inv, lam0, lam1, gscale, cscale, g_out, c_out, res_out, y0, y1, want_res):
+    """Per pixel: b_n = I_R,n − I_S,n (Pavlov 2020 Eq. 6), x = M⁻¹ Aᵀb, g_out = x₀·gscale,
+    c_out = x₁·cscale and (want_res) the residual sqrt((‖b‖² − x·Aᵀb − Σλ_j x_j²)/Σ I_S²);
+    non-finite results are written as 0."""
+    P, H, W = ref.shape
+    r0 = np.empty(W)
+    r1 = np.empty(W)
+    bb = np.empty(W)
+    ss = np.empty(W)
+    for y in range(y0, y1):
+        r0[:] = 0.0
+        r1[:] = 0.0
+        if want_res:
+            bb[:] = 0.0
+            ss[:] = 0.0
+        for n in range(P):
+            a, c, s = ref[n, y], col[n, y], smp[n, y]
+            if want_res:
+                for x in range(W):
+                    b = np.float64(a[x] - s[x])  # difference in float32, as the NumPy path
+                    sv = np.float64(s[x])
+                    r0[x] += np.float64(a[x]) * b
+                    r1[x] += np.float64(c[x]) * b
+                    bb[x] += b * b
+                    ss[x] += sv * sv
+            else:
+                for x in range(W):
+                    b = np.float64(a[x] - s[x])
+                    r0[x] += np.float64(a[x]) * b
+                    r1[x] += np.float64(c[x]) * b
+        for x in range(W):
+            i00 = np.float64(inv[0, y, x])
+            i01 = np.float64(inv[1, y, x])
+            i11 = np.float64(inv[2, y, x])
+            x0 = i00 * r0[x] + i01 * r1[x]
+            x1 = i01 * r0[x] + i11 * r1[x]
+            g = np.float32(x0 * gscale)  # finiteness checked after the float32 rounding (overflow → inf)
+            cc = np.float32(x1 * cscale)
+            g_out[y, x] = g if np.isfinite(g) else np.float32(0.0)
+            c_out[y, x] = cc if np.isfinite(cc) else np.float32(0.0)
+            if want_res:
+                # ‖b − Ax‖² = ‖b‖² − x·Aᵀb − Σ_j λ_j x_j² for the regularised solution (as _PixelLSQ)
+                ms = bb[x] - x0 * r0[x] - x1 * r1[x] - lam0 * (x0 * x0) - lam1 * (x1 * x1)
+                r = np.float32(np.sqrt(max(ms, 0.0) / max(ss[x], 1e-30)))
+                res_out[y, x] = r if np.isfinite(r) else np.float32(0.0)
+    return 0
+
+
+def _kernels() -> dict[str, Any]:
+    """The compiled kernels (numba, ``nogil``, cached on disk where possible), or {} without numba."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            import numba
+        except ImportError:
+            _KERNELS = {}
+            return _KERNELS
+        out = {}
+        for name, fn in (("columns", _nb_columns), ("inverse", _nb_inverse), ("solve", _nb_solve)):
+            try:
+                out[name] = numba.njit(nogil=True, cache=True)(fn)
+            except RuntimeError:  # no writable cache location: compile without the disk cache
+                out[name] = numba.njit(nogil=True)(fn)
+        _KERNELS = out
+    return _KERNELS
+
+
+def _fast_available(xp) -> bool:
+    return _USE_NUMBA and xp is np and bool(_kernels())
+
+
+def _row_chunks(h: int, threads: int, block_rows: int | None):
+    """Row ranges for the thread pool: ``block_rows`` rows each, or ~4 chunks per thread."""
+    step = int(block_rows) if block_rows else max(1, -(-h // (4 * threads)))
+    return [(y0, min(h, y0 + step)) for y0 in range(0, h, step)]
+
+
+def _map_rows(fn, chunks, threads: int):
+    """Run ``fn(y0, y1)`` over *chunks* on *threads* threads; returns the results in order."""
+    if threads <= 1 or len(chunks) == 1:
+        return [fn(y0, y1) for y0, y1 in chunks]
+    with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as ex:
+        return list(ex.map(lambda c: fn(*c), chunks))
+
+
+class _FastPhaseObject:
+    """Prepared phase-object solve (columns [I_R, −∇²I_R]) on NumPy arrays with the numba kernels.
+
+    Same quantities as ``_PixelLSQ([ref, −_laplacian_px(ref)], alpha, ...)`` followed by the
+    phase-object scaling: ``solve`` returns ∇²φ (m⁻²), D_eff (m) and the residual.  Picklable; in a
+    process without numba it falls back to :class:`_PixelLSQ` on the stored columns.
+    """
+
+    def __init__(self, ref, alpha_rel: float, block_rows: int | None):
+        P, H, W = ref.shape
+        self.ref = np.ascontiguousarray(ref, dtype=np.float32)
+        self.p, self.h, self.w = P, H, W
+        self.alpha_rel = float(alpha_rel)
+        self.block_rows = block_rows
+        self.col = np.empty_like(self.ref)
+        k = _kernels()
+        threads = B.fft_workers()
+        chunks = _row_chunks(H, threads, block_rows)
+
+        def columns(y0, y1):
+            a0, a1 = np.zeros(W), np.zeros(W)
+            k["columns"](self.ref, self.col, y0, y1, a0, a1)
+            return a0.sum(), a1.sum()
+
+        sums = _map_rows(columns, chunks, threads)
+        size = P * H * W
+        s = np.array([math.sqrt(sum(v[0] for v in sums) / size), math.sqrt(sum(v[1] for v in sums) / size)])
+        s[~(s > 0)] = 1.0
+        self.scale = s
+        self.alpha_eq = self.alpha_rel * P  # Tikhonov weight on the equilibrated system (mean diagonal P)
+        # float32 storage when α bounds the conditioning (as _PixelLSQ), else float64
+        self.dtype = np.float32 if self.alpha_eq >= 1e-4 * P else np.float64
+        self.inv = np.empty((3, H, W), dtype=self.dtype)
+        tiny = float(np.finfo(self.dtype).tiny)
+        _map_rows(lambda y0, y1: k["inverse"](self.ref, self.col, self.inv, y0, y1, float(s[0]), float(s[1]),
+                                              self.alpha_eq, tiny), chunks, threads)
+        self._fallback = None
+
+    def solve(self, sample, gscale: float, cscale: float, want_residual: bool = True):
+        """(g·gscale, c·cscale, residual or None) as float32 (H, W) maps, finite."""
+        smp = np.ascontiguousarray(sample, dtype=np.float32)
+        k = _kernels() if _USE_NUMBA else {}
+        if not k:
+            return self._solve_numpy(smp, gscale, cscale, want_residual)
+        H, W = self.h, self.w
+        g = np.empty((H, W), np.float32)
+        c = np.empty((H, W), np.float32)
+        res = np.empty((H, W), np.float32) if want_residual else np.empty((1, 1), np.float32)  # (1, 1): unused
+        lam0 = self.alpha_eq * self.scale[0] ** 2  # ‖b − Ax‖² = ‖b‖² − x·Aᵀb − Σ_j α s_j² x_j²
+        lam1 = self.alpha_eq * self.scale[1] ** 2
+        threads = B.fft_workers()
+        _map_rows(lambda y0, y1: k["solve"](self.ref, self.col, smp, self.inv, lam0, lam1, float(gscale), float(cscale),
+                                            g, c, res, y0, y1, bool(want_residual)),
+                  _row_chunks(H, threads, self.block_rows), threads)
+        return g, c, (res if want_residual else None)
+
+    def _solve_numpy(self, smp, gscale, cscale, want_residual):
+        if self._fallback is None:
+            self._fallback = _PixelLSQ([self.ref, self.col], self.alpha_rel, self.block_rows)
+        lsq = self._fallback
+        g = np.empty((self.h, self.w), np.float32)
+        c = np.empty_like(g)
+        res = np.empty_like(g) if want_residual else None
+        for y0 in range(0, self.h, lsq.rows):
+            y1 = min(self.h, y0 + lsq.rows)
+            b = self.ref[:, y0:y1] - smp[:, y0:y1]
+            if want_residual:
+                x, res[y0:y1] = lsq.solve_block(b, y0, y1, smp[:, y0:y1])
+            else:
+                x = lsq.solve_block(b, y0, y1)
+            g[y0:y1] = x[0]
+            c[y0:y1] = x[1]
+        g = _finite(g * np.float32(gscale))
+        c = _finite(c * np.float32(cscale))
+        return g, c, (_finite(res) if want_residual else None)
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_fallback"] = None
+        return d
+
+
 def inverse_laplacian_dct(laplacian_map, pixel_size_m: float, *, epsilon_per_m2: float = 0.0):
     """Tikhonov inverse Laplacian with even (mirror) boundaries, by a DCT-II.
 
@@ -296,14 +544,26 @@ def inverse_laplacian_dct(laplacian_map, pixel_size_m: float, *, epsilon_per_m2:
         raise ParameterError(f"epsilon_per_m2 must be finite and >= 0, got {epsilon_per_m2!r}")
     xp = B.get_xp(laplacian_map)
     f = xp.asarray(laplacian_map, dtype=np.float32)
-    h, w = f.shape[-2:]
+    return _apply_inverse_laplacian(f, _inverse_laplacian_filter(f.shape[-2:], pixel_size_m, epsilon_per_m2, xp))
+
+
+def _inverse_laplacian_filter(shape, pixel_size_m: float, epsilon_per_m2: float, xp=np):
+    """DCT-domain factor ``−1/(k_y² + k_x² + ε)`` (float32 (H, W); 0 at k = 0 when ε = 0) of
+    :func:`inverse_laplacian_dct`, ``k_j = πj/(N p)`` rad/m (Gureyev & Nugent; Pavlov 2020 after
+    Eq. 7).  Depends on the shape only: retrievers compute it once."""
+    h, w = shape[-2:]
     ky = xp.asarray(np.pi * np.arange(h) / (h * pixel_size_m), dtype=np.float32)[:, None]
     kx = xp.asarray(np.pi * np.arange(w) / (w * pixel_size_m), dtype=np.float32)[None, :]
-    den = ky * ky + kx * kx + np.float32(epsilon_per_m2)
+    den = ky * ky + (kx * kx + np.float32(epsilon_per_m2))  # one (H, W) allocation, updated in place
     if epsilon_per_m2 == 0:
         den[0, 0] = np.inf
+    return xp.divide(np.float32(-1.0), den, out=den)
+
+
+def _apply_inverse_laplacian(f, filt):
+    """``IDCT[DCT(f)·filt]`` (float32), *filt* from :func:`_inverse_laplacian_filter`."""
     spec = B.dctn(f)
-    spec *= -1.0 / den
+    spec *= filt
     return B.idctn(spec).astype(np.float32, copy=False)
 
 
@@ -431,10 +691,15 @@ def _calibrate_tensor(tensor, curve):
     return xp.stack([l1 * c * c + l2 * s * s, l1 * s * s + l2 * c * c, (l1 - l2) * c * s]).astype(np.float32)
 
 
-def _phase_from_laplacian(lap_phi, geometry: Geometry, epsilon_per_m2: float | None, border_px: int):
+def _phase_from_laplacian(lap_phi, geometry: Geometry, epsilon_per_m2: float | None, border_px: int, filt=None):
+    """φ from ∇²φ by the inverse Laplacian, background by the border median; *filt* (optional) is the
+    precomputed :func:`_inverse_laplacian_filter` for this shape and ε."""
     eps = default_epsilon_per_m2(lap_phi.shape, geometry.pixel_size_m) if epsilon_per_m2 is None else float(epsilon_per_m2)
     # Gureyev & Nugent inverse Laplacian (Pavlov 2020 after Eq. 7), background by border median
-    phase = inverse_laplacian_dct(lap_phi, geometry.pixel_size_m, epsilon_per_m2=eps)
+    if filt is None:
+        phase = inverse_laplacian_dct(lap_phi, geometry.pixel_size_m, epsilon_per_m2=eps)
+    else:
+        phase = _apply_inverse_laplacian(B.get_xp(lap_phi).asarray(lap_phi, dtype=np.float32), filt)
     return zero_border_median(phase, border_px), eps
 
 
@@ -533,14 +798,22 @@ class MISTRetriever(Retriever):
         if model == "rapid" and epsilon_per_m2 is None:
             epsilon_per_m2 = 1e7  # Alloo 2023 (update script): 1e-5 µm⁻² = 1e7 m⁻²
         self.epsilon_per_m2 = None if epsilon_per_m2 is None else float(epsilon_per_m2)
-        lap_px = _laplacian_px(ref)  # ∇²I_R in px⁻² (5-point stencil of derivatives.laplacian)
+        self._fast = None
+        if model != "phase-object":
+            lap_px = _laplacian_px(ref)  # ∇²I_R in px⁻² (5-point stencil of derivatives.laplacian)
 
         if model == "phase-object":
             # Pavlov 2020 Eq. (4)/(6): b_n = I_R − I_S = I_R·g − L_px·c,
             # g = (Δ/k)∇²φ (1), c = Δ D_eff / p² (1)
             self.alpha = 1e-3 if alpha is None else float(alpha)
-            lap_px *= -1
-            self._lsq = _PixelLSQ([ref, lap_px], self.alpha, block_rows)
+            if _fast_available(xp):
+                # fused numba kernels (same solve, one pass; see _FastPhaseObject)
+                self._fast = _FastPhaseObject(ref, self.alpha, block_rows)
+                self._lsq = None
+            else:
+                lap_px = _laplacian_px(ref)  # ∇²I_R in px⁻² (5-point stencil of derivatives.laplacian)
+                lap_px *= -1
+                self._lsq = _PixelLSQ([ref, lap_px], self.alpha, block_rows)
             self.outputs = ("phase", "diffusion", "residual")
         elif model == "attenuating":
             # Alloo 2022: b_n = I_S/I_R = G1 + c·q_n, q_n = ∇²I_R/I_R (px⁻²), c = ΔD/p²
@@ -588,7 +861,7 @@ class MISTRetriever(Retriever):
             self._lsq = _PixelLSQ(cols, 0.0, block_rows, alpha_abs_eq=self.alpha**2)
             self.fusion_r_m2 = 0.6 * p * p if fusion_r_m2 is None else float(fusion_r_m2)
             self.outputs = ("phase", "diffusion", "residual") + (("transmission",) if gamma is not None else ())
-        del lap_px
+        lap_px = None  # release the temporary
         self.parameters = {
             "model": model,
             "alpha": self.alpha,
@@ -602,6 +875,9 @@ class MISTRetriever(Retriever):
         }
         if model == "rapid":
             self.parameters["fusion_r_m2"] = self.fusion_r_m2
+        # inverse-Laplacian factor for this shape and ε: reference-only work, done once
+        self._ilap = (_inverse_laplacian_filter((H, W), p, self.parameters["epsilon_per_m2"], xp)
+                      if model in ("phase-object", "rapid") else None)
         self._calib = None
         self._diffusion_only = False  # internal: calibration runs need D only
         self.blur_calibration = bool(blur_calibration)
@@ -661,6 +937,14 @@ class MISTRetriever(Retriever):
         return {"phase": _finite(phase), "diffusion": d_eff, "displacement": xp.ascontiguousarray(u), "residual": _finite(res)}
 
     def _phase_object(self, sample):
+        if self._fast is not None:
+            # ∇²φ = (k/Δ)·g [m⁻²], D_eff = c·p²/Δ [m] (Pavlov 2020 Eq. 6–7 with our column scaling)
+            lap_phi, d_eff, res = self._fast.solve(sample, self._k / self._delta, self._p**2 / self._delta,
+                                                   want_residual=not self._diffusion_only)
+            if self._diffusion_only:
+                return {"diffusion": d_eff}
+            phase, _ = _phase_from_laplacian(lap_phi, self.geometry, self.epsilon_per_m2, self.border_px, self._ilap)
+            return {"phase": _finite(phase), "diffusion": self._calibrated(d_eff), "residual": res}
         xp = B.get_xp(sample)
         ref = self.reference
         P, H, W = ref.shape
@@ -681,7 +965,7 @@ class MISTRetriever(Retriever):
         d_eff = c * np.float32(self._p**2 / self._delta)  # D_eff = c·p²/Δ   [m]
         if self._diffusion_only:
             return {"diffusion": _finite(d_eff)}
-        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px)
+        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px, self._ilap)
         return {"phase": _finite(phase), "diffusion": self._calibrated(_finite(d_eff)), "residual": _finite(res)}
 
     def _attenuating(self, sample):
@@ -753,7 +1037,7 @@ class MISTRetriever(Retriever):
             num += ref[n] * cn
             den += ref[n] * ref[n]
         lap_phi = (num / xp.maximum(den, 1e-30) * (k / delta)).astype(np.float32)
-        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px)
+        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px, self._ilap)
         out = {"phase": _finite(phase), "diffusion": self._calibrated(_finite(d_f)), "residual": _finite(res)}
         if self.gamma is not None:
             # single-material transmission φ = (γ/2) ln T → T = exp(2φ/γ); D_att = D_f/T (Alloo 2023)
@@ -765,30 +1049,49 @@ class MISTRetriever(Retriever):
 class DirectionalMISTRetriever(Retriever):
     """Directional-dark-field MIST: tensor extension of Pavlov 2020 Eq. (9)–(10).
 
-    Per pixel, over N ≥ 4 positions (methods.md §1.12; design.md tensor convention)::
+    Models (methods.md §1.12; design.md tensor convention, 2·D_xy multiplies ∂_xy), per pixel over
+    N ≥ 4 positions, slowly varying D (the derivatives of D·I_R are dropped as in Pavlov 2020 Eq. 3–5):
 
-        I_R,n − I_S,n = (Δ/k) I_R,n ∇²φ − Δ (D_xx ∂_xx + D_yy ∂_yy + 2 D_xy ∂_xy) I_R,n
+    * ``"phase-object"`` (default)::
 
-    (slowly varying D, ∇I_R·∇φ ≈ 0 as Pavlov 2020 Eq. 3–5).  Unknowns
-    ``[∇²φ, D_xx, D_yy, D_xy]``; 4×4 normal matrices inverted once per reference (float64).
+          I_R,n − I_S,n = (Δ/k) I_R,n ∇²φ − Δ (D_xx ∂_xx + D_yy ∂_yy + 2 D_xy ∂_xy) I_R,n
+
+      unknowns ``[∇²φ, D_xx, D_yy, D_xy]``; φ by the inverse Laplacian.  It assumes no attenuation:
+      a sample that absorbs a few per cent is read as lensing (φ then wrong; D and orientation not).
+    * ``"attenuating"`` — single-material object (Pavlov et al. 2021, arXiv:2105.10693; popcorn
+      ``MISTII_2``; the isotropic analogue is Alloo 2022, methods.md §1.11)::
+
+          I_S,n / I_R,n = G1 + (G_xx ∂_xx + G_yy ∂_yy + 2 G_xy ∂_xy) I_R,n / I_R,n ,  G_ij = Δ D_ij I_ob
+
+      unknowns ``[G1, G_xx, G_yy, G_xy]``; then ``G = G1 − (∂_xx G_xx + ∂_yy G_yy + 2∂_xy G_xy)`` is
+      the single-material TIE image, ``I_ob`` from G by the Pavlov/Paganin filter (methods.md §1.9),
+      ``φ = (γ/2) ln I_ob`` and ``D_ij = G_ij/(Δ I_ob)``.  Needs γ = δ/β.
+
+    The 4×4 normal matrices are inverted once per reference (float64).
 
     Parameters
     ----------
     reference : array (P, H, W)
     geometry : Geometry
+    model : {"phase-object", "attenuating"}
+    gamma : float, optional
+        δ/β of the sample material; required for ``model="attenuating"``.
     alpha : float
         Tikhonov weight relative to the equilibrated normal matrix (default 1e-3).
     epsilon_per_m2 : float, optional
-        Inverse-Laplacian ε (m⁻²), default :func:`default_epsilon_per_m2`.
+        Inverse-Laplacian ε (m⁻², phase-object model), default :func:`default_epsilon_per_m2`.
     border_px, block_rows : int
         As :class:`MISTRetriever`.
+    blur_calibration : bool
+        As :class:`MISTRetriever` (applied to the tensor's eigenvalues).
 
     Outputs: ``phase`` (rad), ``diffusion`` (trace/2 = isotropic-equivalent D, m),
-    ``diffusion_tensor`` (3, H, W) = D_xx, D_yy, D_xy (m), ``residual``.
+    ``diffusion_tensor`` (3, H, W) = D_xx, D_yy, D_xy (m), ``residual``; ``transmission`` (I_ob)
+    for ``"attenuating"``.
     """
 
     name: ClassVar[str] = "mist-directional"
-    outputs: ClassVar[tuple[str, ...]] = ("phase", "diffusion", "diffusion_tensor", "residual")
+    outputs: ClassVar[tuple[str, ...]] = ("phase", "transmission", "diffusion", "diffusion_tensor", "residual")
     min_positions: ClassVar[int] = 4
 
     def __init__(
@@ -796,6 +1099,8 @@ class DirectionalMISTRetriever(Retriever):
         reference,
         geometry: Geometry,
         *,
+        model: str = "phase-object",
+        gamma: float | None = None,
         alpha: float = 1e-3,
         epsilon_per_m2: float | None = None,
         border_px: int = 8,
@@ -803,18 +1108,41 @@ class DirectionalMISTRetriever(Retriever):
         blur_calibration: bool = False,
     ):
         super().__init__(reference, geometry)
+        if model not in ("phase-object", "attenuating"):
+            raise ParameterError(f"directional MIST model must be 'phase-object' or 'attenuating'; got {model!r}")
+        if model == "attenuating" and gamma is None:
+            raise ParameterError("directional MIST model 'attenuating' needs gamma = delta/beta of the sample material")
+        if gamma is not None and not (float(gamma) > 0 and math.isfinite(float(gamma))):
+            raise ParameterError(f"gamma (delta/beta) must be a positive number, got {gamma!r}")
         if not (float(alpha) >= 0 and math.isfinite(float(alpha))):
             raise ParameterError(f"alpha must be finite and >= 0, got {alpha!r}")
         ref = self.reference
         P, H, W = ref.shape
         if min(H, W) < 4:
             raise InputError(f"mist-directional: images must be at least 4x4 pixels, got {(H, W)}")
+        self.model = model
+        self.gamma = None if gamma is None else float(gamma)
         dxx, dyy, dxy = hessian(ref, 1.0)  # px⁻²
-        # columns of [g, cxx, cyy, cxy]: g = (Δ/k)∇²φ, c_ij = Δ D_ij / p²
-        dxx *= -1
-        dyy *= -1
-        dxy *= -2
-        cols = [ref, dxx, dyy, dxy]
+        if model == "phase-object":
+            # columns of [g, cxx, cyy, cxy]: g = (Δ/k)∇²φ, c_ij = Δ D_ij / p²   (b = I_R − I_S)
+            dxx *= -1
+            dyy *= -1
+            dxy *= -2
+            cols = [ref, dxx, dyy, dxy]
+            self._inv_ref = None
+            self.outputs = ("phase", "diffusion", "diffusion_tensor", "residual")
+        else:
+            # columns of [G1, cxx, cyy, cxy]: 1, ∂_xxI_R/I_R, ∂_yyI_R/I_R, 2∂_xyI_R/I_R (px⁻²);
+            # c_ij = Δ D_ij I_ob / p²   (b = I_S/I_R)
+            inv_ref = (1.0 / _safe_positive(ref)).astype(np.float32)
+            dxx *= inv_ref
+            dyy *= inv_ref
+            dxy *= inv_ref
+            dxy *= 2
+            xp = B.get_xp(ref)
+            cols = [xp.ones_like(ref), dxx, dyy, dxy]
+            self._inv_ref = inv_ref
+            self.outputs = ("phase", "transmission", "diffusion", "diffusion_tensor", "residual")
         self.alpha = float(alpha)
         self._lsq = _PixelLSQ(cols, self.alpha, block_rows)
         self.epsilon_per_m2 = None if epsilon_per_m2 is None else float(epsilon_per_m2)
@@ -823,20 +1151,24 @@ class DirectionalMISTRetriever(Retriever):
         self._delta = geometry.sample_detector_distance_m
         self._k = geometry.wavenumber_per_m
         self.parameters = {
-            "model": "phase-object-directional",
+            "model": "phase-object-directional" if model == "phase-object" else "attenuating-directional",
             "alpha": self.alpha,
             "epsilon_per_m2": self.epsilon_per_m2
             if self.epsilon_per_m2 is not None
             else default_epsilon_per_m2((H, W), self._p),
+            "gamma": self.gamma,
             "border_px": self.border_px,
             "n_positions": P,
             "sample_detector_distance_m": self._delta,
         }
+        self._ilap = (_inverse_laplacian_filter((H, W), self._p, self.parameters["epsilon_per_m2"], B.get_xp(ref))
+                      if model == "phase-object" else None)
         self._diffusion_only = False
         self._calib = None
         self.blur_calibration = bool(blur_calibration)
         if self.blur_calibration:
-            kw = dict(alpha=alpha, epsilon_per_m2=epsilon_per_m2, border_px=border_px, blur_calibration=False)
+            kw = dict(model=model, gamma=gamma, alpha=alpha, epsilon_per_m2=epsilon_per_m2, border_px=border_px,
+                      blur_calibration=False)
             self._calib = _blur_calibration_curve(lambda sub: DirectionalMISTRetriever(sub, geometry, **kw), ref, geometry)
             self.parameters["blur_calibration"] = {
                 "true_diffusion_m": [float(v) for v in self._calib[0]],
@@ -854,18 +1186,49 @@ class DirectionalMISTRetriever(Retriever):
         res = xp.empty((H, W), dtype=np.float32)
         for y0 in range(0, H, lsq.rows):
             y1 = min(H, y0 + lsq.rows)
-            b = ref[:, y0:y1] - sample[:, y0:y1]  # Pavlov 2020 Eq. (10) left side
+            if self._inv_ref is None:
+                b = ref[:, y0:y1] - sample[:, y0:y1]  # Pavlov 2020 Eq. (10) left side
+            else:
+                b = sample[:, y0:y1] * self._inv_ref[:, y0:y1]  # I_S,n/I_R,n (single material)
             x, res[y0:y1] = lsq.solve_block(b, y0, y1, sample[:, y0:y1])
             x_all[:, y0:y1] = x
+        if self._inv_ref is None:
+            return self._phase_object(x_all, res)
+        return self._attenuating(x_all, res)
+
+    def _phase_object(self, x_all, res):
+        xp = B.get_xp(x_all)
         lap_phi = x_all[0] * np.float32(self._k / self._delta)
         tensor = x_all[1:] * np.float32(self._p**2 / self._delta)  # D_ij = c_ij p²/Δ  [m]
         tensor = _finite(tensor)
         if self._diffusion_only:
             return {"diffusion": 0.5 * (tensor[0] + tensor[1])}
         tensor = _finite(_calibrate_tensor(tensor, self._calib))
-        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px)
+        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px, self._ilap)
         return {
             "phase": _finite(phase),
+            "diffusion": _finite(0.5 * (tensor[0] + tensor[1])),
+            "diffusion_tensor": xp.ascontiguousarray(tensor),
+            "residual": _finite(res),
+        }
+
+    def _attenuating(self, x_all, res):
+        xp = B.get_xp(x_all)
+        c = _finite(x_all[1:])  # c_ij = Δ D_ij I_ob / p²
+        scale = np.float32(self._p**2 / self._delta)
+        if self._diffusion_only:  # calibration on the reference: I_ob = 1
+            return {"diffusion": 0.5 * (c[0] + c[1]) * scale}
+        # G = G1 − (∂_xx c_xx + ∂_yy c_yy + 2∂_xy c_xy) (px derivatives; Pavlov 2021 / methods.md §1.12)
+        hxx, hyy, hxy = hessian(c, 1.0)  # of each of c_xx, c_yy, c_xy: use ∂_xx c_xx, ∂_yy c_yy, ∂_xy c_xy
+        gmap = _finite(x_all[0]) - (hxx[0] + hyy[1] + 2 * hxy[2])
+        iob = single_material_tie(gmap, self.geometry, self.gamma)  # Pavlov PRA 2020 filter (methods.md §1.9)
+        iob = xp.maximum(_finite(iob, 1.0), np.float32(1e-6))
+        tensor = _finite(c * scale / iob)  # D_ij = c_ij p² / (Δ I_ob)
+        tensor = _finite(_calibrate_tensor(tensor, self._calib))
+        phase = np.float32(self.gamma / 2) * xp.log(iob)  # φ = (γ/2) ln I_ob (single material)
+        return {
+            "phase": _finite(phase),
+            "transmission": _finite(iob, 1.0),
             "diffusion": _finite(0.5 * (tensor[0] + tensor[1])),
             "diffusion_tensor": xp.ascontiguousarray(tensor),
             "residual": _finite(res),
@@ -909,8 +1272,9 @@ def mist_rapid(*, reference, sample, geometry: Geometry, **params) -> dict[str, 
 def mist_directional(*, reference, sample, geometry: Geometry, **params) -> dict[str, Any]:
     """Directional MIST (tensor D), see :class:`DirectionalMISTRetriever`.
 
+    ``model="phase-object"`` (default) or ``"attenuating"`` (single material, needs ``gamma``).
     Returns ``phase``, ``diffusion``, ``diffusion_tensor`` (3, H, W) = D_xx, D_yy, D_xy
-    (m) and ``residual``.
+    (m) and ``residual``; ``transmission`` for ``"attenuating"``.
     """
     ref, smp = _check_pair(reference, sample, 4, "mist-directional")
     return DirectionalMISTRetriever(ref, geometry, **params)(smp)
