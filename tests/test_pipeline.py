@@ -73,6 +73,32 @@ class TinyRetriever(Retriever):
                 "residual": res}
 
 
+class ThreadProbeRetriever(TinyRetriever):
+    """TinyRetriever that records, per call, its process id and the FFT threads it was given.
+
+    Each call creates an empty file ``<record_dir>/<pid>_<fft workers>_<n>`` so a test can see
+    in which processes the retrieval ran and with how many ``scipy.fft`` threads.
+    """
+
+    name = "threadprobe"
+
+    def __init__(self, reference, geometry, *, record_dir: str, **kw):
+        super().__init__(reference, geometry, **kw)
+        self.record_dir = str(record_dir)
+        self.parameters = {**self.parameters, "record_dir": self.record_dir}
+
+    def _retrieve(self, sample):
+        import uuid
+
+        Path(self.record_dir, f"{os.getpid()}_{B.fft_workers()}_{uuid.uuid4().hex}").touch()
+        return super()._retrieve(sample)
+
+
+def probe_records(d: Path) -> list[tuple[int, int]]:
+    """(pid, fft workers) of every call recorded by ThreadProbeRetriever in *d*."""
+    return [tuple(int(x) for x in f.name.split("_")[:2]) for f in d.iterdir()]
+
+
 GEOM = Geometry(energy_ev=20000.0, pixel_size_m=1e-6, sample_detector_distance_m=0.5)
 
 
@@ -323,6 +349,166 @@ def test_two_local_processes_bitwise_equal(tmp_path, scan, serial_out):
     assert_same(read_all(out), read_all(serial_out))
     info = json.loads(log_path(out).read_text())
     assert info["engine"] == "processes" and info["memory"]["workers"] == 2 and info["memory"]["batch"] == 2
+
+
+def test_dask_worker_processes_get_one_fft_thread_each_and_growing_tasks(tmp_path, scan):
+    """2 single-threaded Dask worker processes: each computes with cores // 2 FFT threads (not all
+    cores, which oversubscribes the machine), tasks grow past one angle (adaptive batching), the
+    result is bitwise the serial one, and nothing is left in this process's environment."""
+    distributed = pytest.importorskip("distributed")
+    from xspeckle.pipeline import _available_cores
+
+    rec_serial, rec_dask = tmp_path / "rec_serial", tmp_path / "rec_dask"
+    rec_serial.mkdir()
+    rec_dask.mkdir()
+    ref = retrieve_scan(scan, tmp_path / "s.h5", method=ThreadProbeRetriever, params={"record_dir": str(rec_serial)})
+    before = os.environ.get("XSPECKLE_FFT_WORKERS")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cl:
+        out = retrieve_scan(scan, tmp_path / "d.h5", method=ThreadProbeRetriever,
+                            params={"record_dir": str(rec_dask)}, scheduler=cl.scheduler_address)
+    assert os.environ.get("XSPECKLE_FFT_WORKERS") == before
+    a, b = read_all(out), read_all(ref)
+    for k in ("phase", "transmission", "displacement", "residual"):
+        assert a[k].tobytes() == b[k].tobytes(), k
+    recs = probe_records(rec_dask)
+    assert len(recs) == 10  # one call per angle
+    assert os.getpid() not in {pid for pid, _ in recs}  # computed in the worker processes
+    assert {n for _, n in recs} == {max(1, _available_cores() // 2)}
+    info = json.loads(log_path(out).read_text())
+    assert info["memory"]["adaptive_batch"] is True
+    assert 1 <= info["tasks"] < 10  # ~1 ms per angle: later tasks take several angles
+
+
+def test_local_workers_get_their_share_of_the_cores(tmp_path, scan):
+    from xspeckle.pipeline import _THREAD_ENV, _available_cores
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    env = {k: os.environ.get(k) for k in _THREAD_ENV}
+    out = retrieve_scan(scan, tmp_path / "p.h5", method=ThreadProbeRetriever, params={"record_dir": str(rec)},
+                        workers=2)
+    recs = probe_records(rec)
+    assert len(recs) == 10 and os.getpid() not in {pid for pid, _ in recs}
+    assert len({pid for pid, _ in recs}) <= 2
+    assert {n for _, n in recs} == {max(1, _available_cores() // 2)}
+    assert {k: os.environ.get(k) for k in _THREAD_ENV} == env  # this process's settings are untouched
+    assert json.loads(log_path(out).read_text())["tasks"] == 10
+
+
+def test_pool_started_early_is_stopped_on_a_parameter_error(tmp_path, scan):
+    import multiprocessing as mp
+
+    t0 = time.perf_counter()
+    with pytest.raises(ParameterError, match="gain"):
+        retrieve_scan(scan, tmp_path / "bad.h5", method=TinyRetriever, params={"gain": -1.0}, workers=2)
+    assert mp.active_children() == []  # the workers started for the run are gone
+    assert time.perf_counter() - t0 < 30
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_workers_the_memory_limit_cannot_hold_fall_back_to_serial(tmp_path, scan, serial_out):
+    mem = json.loads(log_path(serial_out).read_text())["memory"]
+    one = mem["fixed_bytes"] + mem["per_angle_bytes"] + 2 * mem["output_per_angle_bytes"]
+    msgs = []
+    out = retrieve_scan(scan, tmp_path / "m.h5", method=TinyRetriever, params={"gain": 2.0}, workers=2,
+                        memory_limit_bytes=one + one // 2, log=msgs.append)
+    info = json.loads(log_path(out).read_text())
+    assert info["engine"] == "serial" and info["memory"]["workers"] == 1
+    assert any("allows 1 of 2 workers" in m for m in msgs)
+    assert_same(read_all(out), read_all(serial_out))
+
+
+def test_batcher_fixed_and_adaptive_sizes():
+    from xspeckle.pipeline import _Batcher
+
+    fixed = _Batcher(range(10), 3)
+    got = []
+    while (t := fixed.take()):
+        got.append(t)
+    assert got == [(0, 1, 2), (3, 4, 5), (6, 7, 8), (9,)] and fixed.tasks == 4
+    # adaptive: one angle per task until a result tells the cost, then ~target_s per task, capped by
+    # the maximum and by an even share of what is left between 2 tasks per worker
+    ad = _Batcher(range(100), 8, adaptive=True, n_workers=2, target_s=0.25)
+    assert ad.take() == (0,) and ad.take() == (1,)
+    ad.observe(1, 0.05)  # 50 ms per angle -> 5 angles per task
+    assert ad.take() == (2, 3, 4, 5, 6)
+    ad.observe(5, 0.05)  # now 100 ms for 6 angles: ~17 ms each -> 15, capped at 8
+    assert len(ad.take()) == 8
+    rest = []
+    while (t := ad.take()):
+        rest.extend(t)
+        assert len(t) <= 8
+    assert rest == list(range(15, 100))  # every angle once, in order
+    tail = _Batcher(range(6), 32, adaptive=True, n_workers=2, target_s=1.0)
+    tail.observe(10, 0.001)  # very cheap angles, but 6 left for 2 workers: at most ceil(6 / 4) = 2
+    assert len(tail.take()) == 2
+    slow = _Batcher(range(6), 32, adaptive=True, n_workers=1, target_s=0.25)
+    slow.observe(1, 5.0)  # seconds per angle: one angle per task
+    assert [len(slow.take()) for _ in range(3)] == [1, 1, 1]
+
+
+def test_worker_settings_are_scoped_and_respect_explicit_settings(monkeypatch):
+    """The Dask task settings: FFT threads and glibc's mmap threshold while tasks run, restored
+    after the last concurrent task; a setting the user made in the environment wins."""
+    import xspeckle.pipeline as P
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("malloc_trim", pad))
+            return 1
+
+    monkeypatch.setattr(P, "_libc", lambda: FakeLibc())
+    monkeypatch.delenv("XSPECKLE_FFT_WORKERS", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what Dask's nanny gives its workers
+    with P._worker_settings(1):
+        assert B.fft_workers() == 1
+        assert calls == [("mallopt", -3, 256 << 20)]
+        with P._worker_settings(1):  # a second task running at the same time in the same worker
+            assert os.environ["XSPECKLE_FFT_WORKERS"] == "1"
+        assert os.environ["XSPECKLE_FFT_WORKERS"] == "1" and len(calls) == 1  # one task still running
+    assert "XSPECKLE_FFT_WORKERS" not in os.environ
+    assert calls[1:] == [("mallopt", -3, 128 << 10), ("malloc_trim", 0)]
+    calls.clear()
+    monkeypatch.setenv("XSPECKLE_FFT_WORKERS", "3")  # the user's own choices win
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    with P._worker_settings(1):
+        assert B.fft_workers() == 3
+    assert os.environ["XSPECKLE_FFT_WORKERS"] == "3" and calls == []
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")  # not a Dask worker's environment: malloc untouched
+    with P._worker_settings(1):
+        pass
+    assert calls == []
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with P._worker_settings(None):  # a worker inside the calling process: nothing changes
+        assert os.environ["XSPECKLE_FFT_WORKERS"] == "3"
+    assert calls == []
+    assert P._dask_fft_threads({}, os.getpid()) is None
+    import platform
+
+    monkeypatch.undo()
+    if platform.libc_ver()[0] == "glibc":  # the real C library has the calls (musl, macOS: nothing is changed)
+        assert P._libc() is not None
+
+
+def test_dask_memory_plan_is_adaptive_unless_batch_is_given():
+    kw = dict(n_positions=4, frame_shape=(256, 256), reference_bytes=1 << 20, state_bytes=4 << 20,
+              outputs=("phase", "diffusion"), workers=2, distributed=True)
+    out = 4 * 2 * 256 * 256
+    ad = estimate_memory(memory_limit_bytes=1 << 40, **kw)
+    assert ad.adaptive and ad.batch == 32 and ad.in_flight == 4
+    small = estimate_memory(memory_limit_bytes=4 * 5 * out, **kw)  # room for 4 tasks of 5 angles' results
+    assert small.adaptive and small.batch == 5
+    fixed = estimate_memory(memory_limit_bytes=1 << 40, batch=3, **kw)
+    assert not fixed.adaptive and fixed.batch == 3
 
 
 def test_missing_dask_gives_install_hint(tmp_path, scan, monkeypatch):

@@ -1,7 +1,8 @@
 """Tests of xspeckle.report.run_demo: the report folder is complete and its numbers are sane.
 
 The demo runs once per module at a small size (64 px 2-D scans, a 48 px / 12-angle tomogram).
-Chromium is not needed: the HTML is checked for existing image files and for the numbers.
+Chromium is not needed: the HTML is checked for existing image files and for the numbers
+(``test_report_browser.py`` opens the page in headless Chromium when it is installed).
 """
 
 from __future__ import annotations
@@ -43,6 +44,21 @@ def test_index_references_existing_png_figures(demo):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, s
     assert len(re.findall(r"<figcaption>[^<]{20,}</figcaption>", page)) == len(srcs)  # every figure has a caption
     assert calls[-1] == (DEMO_STEPS, DEMO_STEPS)
+
+
+def test_figures_fit_the_page_without_scaling(demo):
+    """Every figure is at most 1100 px wide (the page is 1400 px), so the browser shows it 1:1 and
+    its 9-13 pt text stays legible; the maps wrap to rows of at most 3 panels."""
+    import struct
+
+    folder = demo[0]
+    for p in sorted((folder / "figures").glob("*.png")):
+        w, h = struct.unpack(">II", p.read_bytes()[16:24])
+        assert 400 <= w <= 1100 and 300 <= h <= 1100, (p.name, w, h)
+    mist = folder / "figures" / "maps_mist.png"
+    if mist.exists():  # 6 panels (truth, phase, T, D_eff, residual, error): 2 rows of 3
+        w, h = struct.unpack(">II", mist.read_bytes()[16:24])
+        assert h > 0.5 * w, (w, h)
 
 
 def test_numbers_json_accuracy_and_html_table(demo):

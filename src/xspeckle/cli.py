@@ -512,8 +512,15 @@ def info(
 # --------------------------------------------------------------------------- demo
 @app.command()
 @_command
-def demo(outdir: Path = typer.Argument(Path("xspeckle-demo"), metavar="[OUTDIR]", help="Output folder for the demo report.")) -> None:
+def demo(
+    outdir: Path = typer.Argument(Path("xspeckle-demo"), metavar="[OUTDIR]", help="Output folder for the demo report."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes for the PWF tomography step (default: the CPU cores, at most 4; results are identical for any number)."),
+) -> None:
     """Simulate, retrieve, reconstruct and write an HTML report (a few minutes on 2 cores)."""
+    if workers is not None and workers < 1:
+        raise ParameterError(f"--workers {workers}: give a number >= 1")
+    if workers is None:
+        workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: exists and is not a folder; choose another output folder")
     parent = outdir.parent if str(outdir.parent) else Path(".")
@@ -524,7 +531,7 @@ def demo(outdir: Path = typer.Argument(Path("xspeckle-demo"), metavar="[OUTDIR]"
         raise OutputError(f"{outdir}: folder {target} is not writable")
     fn = _import("xspeckle.report", "run_demo", "xspeckle demo")
     with _progress("demo") as cb:
-        path = fn(outdir, progress=cb)
+        path = fn(outdir, progress=cb, workers=workers)
     _out(f"wrote {path}")
 
 

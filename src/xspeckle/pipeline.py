@@ -20,13 +20,22 @@
 Engines (the same per-projection code everywhere, so CPU results are bit-for-bit
 identical between them):
 
-* ``workers=1`` — in this process;
+* ``workers=1`` — in this process (``scipy.fft`` and MIST's row threads use every core);
 * ``workers=N`` — N local processes (:class:`concurrent.futures.ProcessPoolExecutor`,
-  spawn context); every worker opens the scan itself (h5py handles cannot be pickled)
-  and only this process writes the HDF5 output;
+  spawn context) with ``cores // N`` threads each (no oversubscription), started before
+  this process builds its own reference and retriever so that their start-up overlaps it;
+  every worker opens the scan itself (h5py handles cannot be pickled), a task carries only
+  angle numbers, and only this process writes the HDF5 output;
 * ``scheduler=ADDRESS`` — a Dask distributed cluster (``dask.distributed.Client``;
-  ``pip install xspeckle[dask]``), same task function, same single writer;
+  ``pip install xspeckle[dask]``), same task function, same single writer; FFT threads
+  capped to each worker's share of its host, and several angles per task when one angle
+  is short (adaptive, about :data:`TASK_TARGET_S` per task);
 * ``device="cuda"`` — CuPy on the current GPU, several projections per step.
+
+Throughput on a 2-core CPU (``benchmarks/results/pipeline.md``): workers pay for methods
+whose projections take seconds (PWF: two single-threaded processes run close to twice
+serial, whose FFT threads barely help at ~300² grids); for 10-30 ms projections the
+single writer and the workers' start-up (~1 s) bound what they add.
 
 The output follows the retrieval file of ``interfaces.md``: ``/retrieval/<name>``
 ``(A, H, W)`` float32 chunked one angle per chunk (``(C, A, H, W)`` for
@@ -69,6 +78,8 @@ __all__ = [
     "estimate_memory",
     "MemoryPlan",
     "DEFAULT_WORKING_FACTOR",
+    "TASK_TARGET_S",
+    "MAX_ADAPTIVE_BATCH",
 ]
 
 logger = logging.getLogger("xspeckle.pipeline")
@@ -90,6 +101,12 @@ _COMPONENT_NAMES = {"diffusion_tensor": "xx,yy,xy", "displacement": "x,y"}
 #: temporaries of one retrieval call, in units of one ``(P, H, W)`` float32 stack, when
 #: the retriever class does not say (class attribute ``working_factor``)
 DEFAULT_WORKING_FACTOR = 8.0
+
+#: adaptive batching (Dask): a task should last about this long, so that the scheduler's
+#: per-task cost (a round trip, serialising the results) stays a few per cent of it
+TASK_TARGET_S = 0.25
+#: adaptive batching (Dask): at most this many angles per task
+MAX_ADAPTIVE_BATCH = 32
 
 
 # =========================================================================== paths, hash
@@ -184,9 +201,14 @@ class MemoryPlan:
     workers : int
         Computing processes that fit (<= requested).
     batch : int
-        Angles per task.
+        Angles per task (the largest task when ``adaptive``).
     in_flight : int
         Tasks submitted at once (parent-side bound).
+    adaptive : bool
+        Angles per task grow from 1 up to ``batch`` so that one task lasts about
+        :data:`TASK_TARGET_S` (Dask, where every task costs a scheduler round trip).
+    notes : list of str
+        Decisions taken to fit the limit (fewer workers, smaller batch).
     """
 
     limit: int
@@ -197,6 +219,7 @@ class MemoryPlan:
     batch: int
     in_flight: int
     notes: list[str] = field(default_factory=list)
+    adaptive: bool = False
 
     @property
     def estimate(self) -> int:
@@ -204,9 +227,11 @@ class MemoryPlan:
         return self.workers * (self.fixed + self.batch * self.per_angle) + self.in_flight * self.batch * self.output_per_angle
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-able summary (written to the run's log)."""
         return {"limit_bytes": self.limit, "fixed_bytes": self.fixed, "per_angle_bytes": self.per_angle,
                 "output_per_angle_bytes": self.output_per_angle, "workers": self.workers, "batch": self.batch,
-                "in_flight": self.in_flight, "estimate_bytes": self.estimate, "notes": list(self.notes)}
+                "adaptive_batch": self.adaptive, "in_flight": self.in_flight, "estimate_bytes": self.estimate,
+                "notes": list(self.notes)}
 
 
 def _default_memory_limit() -> int:
@@ -250,7 +275,8 @@ def estimate_memory(*, n_positions: int, frame_shape: tuple[int, int], reference
     workers : int
         Requested computing processes (1 = this process).
     batch : int, optional
-        Angles per task; default: 1.
+        Angles per task; default: 1 for local engines, adaptive (1 up to what the parent's
+        share of the limit allows, at most :data:`MAX_ADAPTIVE_BATCH`) for a Dask cluster.
     distributed : bool
         Dask cluster: the workers' memory is the cluster's business (their own limits);
         only the parent's results in flight count against the setting.
@@ -273,14 +299,18 @@ def estimate_memory(*, n_positions: int, frame_shape: tuple[int, int], reference
     notes: list[str] = []
     b = max(1, int(batch or 1))
     if distributed:
-        # parent holds at most in_flight finished results; keep >= 2 tasks per worker queued
-        in_flight = max(1, min(2 * max(1, workers), limit // max(1, b * out)))
+        n = max(1, int(workers))
         if limit < b * out:
             raise InputError(
                 f"memory_limit_bytes={limit} is below the {b * out} bytes of one task's results; "
                 f"raise it or lower --batch"
             )
-        return MemoryPlan(limit, fixed, per_angle, out, max(1, workers), b, in_flight, notes)
+        # parent holds at most in_flight finished results; keep >= 2 tasks per worker queued
+        in_flight = max(1, min(2 * n, limit // max(1, b * out)))
+        adaptive = batch is None
+        if adaptive:
+            b = int(max(1, min(MAX_ADAPTIVE_BATCH, limit // max(1, in_flight * out))))
+        return MemoryPlan(limit, fixed, per_angle, out, n, b, in_flight, notes, adaptive=adaptive)
     need1 = fixed + per_angle + out
     if limit < need1:
         raise InputError(
@@ -437,6 +467,14 @@ def _compute(state: _State, angles: Sequence[int]) -> list[tuple[int, dict[str, 
     return out
 
 
+def _available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 _LOCAL = threading.local()
 
 
@@ -455,9 +493,19 @@ def _thread_state(spec: _Spec) -> _State:
     return st
 
 
-def _task(spec: _Spec, angles: tuple[int, ...]) -> list[tuple[int, dict[str, np.ndarray]]]:
-    """Task run by a worker process or a Dask worker: compute some angles."""
-    return _compute(_thread_state(spec), angles)
+def _task(spec: _Spec, angles: tuple[int, ...]) -> tuple[list[tuple[int, dict[str, np.ndarray]]], float]:
+    """Task run by a worker process or a Dask worker: compute some angles.
+
+    Returns
+    -------
+    (results, seconds) : list of (angle, maps) and the seconds spent computing them
+        (reading, normalising, retrieving; not the one-off state set-up), which sizes
+        later tasks when batching is adaptive.
+    """
+    st = _thread_state(spec)
+    t0 = time.perf_counter()
+    res = _compute(st, angles)
+    return res, time.perf_counter() - t0
 
 
 def _worker_init(fft_workers: int) -> None:
@@ -468,8 +516,167 @@ def _worker_init(fft_workers: int) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(int(fft_workers))
-    except Exception:
+    except Exception:  # not installed, or no pool it knows
         pass
+
+
+def _warm(spec: _Spec) -> int:
+    """First task of every local worker: import what computing needs while the parent sets up.
+
+    Imports only (the method's module, scan reader, normalisation): the worker builds its
+    state with the first real task, after the parent has chosen the number of workers
+    and freed its own copy, so the memory plan holds.  Returns the worker's pid.
+    """
+    with contextlib.suppress(Exception):  # any real problem surfaces with the first task, with its own error
+        import xspeckle.io.scan  # noqa: F401
+        import xspeckle.preprocess  # noqa: F401
+
+        _resolve_method(spec.method)
+    return os.getpid()
+
+
+_CAP_LOCK = threading.Lock()
+_CAP: dict[str, Any] = {"depth": 0, "fft": False, "mmap": False}
+#: glibc ``mallopt`` parameter M_MMAP_THRESHOLD (malloc.h) and its default value
+_M_MMAP_THRESHOLD = -3
+_GLIBC_MMAP_DEFAULT = 128 << 10
+#: arrays up to this size come from the heap while xspeckle tasks run on a Dask worker
+_TASK_MMAP_THRESHOLD = 256 << 20
+
+
+def _libc():
+    """The C library when it has glibc's ``mallopt`` and ``malloc_trim``, else None."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (AttributeError when not glibc)
+        return libc
+    except (OSError, AttributeError, ImportError):
+        return None
+
+
+@contextlib.contextmanager
+def _worker_settings(fft: int | None):
+    """Settings of this (Dask worker) process while xspeckle tasks run in it.
+
+    * ``XSPECKLE_FFT_WORKERS=fft``: Dask workers start with OMP/MKL/OpenBLAS capped to 1
+      thread, but ``backend`` gives ``scipy.fft`` (and MIST's row threads) every core by
+      default: two single-threaded worker processes on two cores would each run two FFT
+      threads.  An explicit setting in the worker's environment is left alone.
+    * glibc's mmap threshold raised to 256 MiB when Dask's default worker environment set
+      ``MALLOC_TRIM_THRESHOLD_`` (and no ``MALLOC_MMAP_THRESHOLD_``): that variable pins the
+      threshold at 128 KiB, so every larger array is a fresh mmap whose pages fault on first
+      touch — for methods that allocate temporaries every iteration (PWF, UMPA) the tasks ran
+      1.5-3x slower (benchmarks/results/pipeline.md).  The threshold is put back and the heap
+      trimmed (``malloc_trim``) when the last task ends, so the worker returns the memory as
+      Dask intends.
+
+    ``fft=None`` (a worker inside the calling process) changes nothing.  Concurrent tasks of
+    one process share the settings; the last one to end restores them.
+    """
+    if fft is None:
+        yield
+        return
+    with _CAP_LOCK:
+        if _CAP["depth"] == 0:
+            if "XSPECKLE_FFT_WORKERS" not in os.environ:
+                os.environ["XSPECKLE_FFT_WORKERS"] = str(int(fft))
+                _CAP["fft"] = True
+            if "MALLOC_TRIM_THRESHOLD_" in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+                libc = _libc()
+                _CAP["mmap"] = bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, _TASK_MMAP_THRESHOLD))
+        _CAP["depth"] += 1
+    try:
+        yield
+    finally:
+        with _CAP_LOCK:
+            _CAP["depth"] -= 1
+            if _CAP["depth"] == 0:
+                if _CAP["fft"]:
+                    os.environ.pop("XSPECKLE_FFT_WORKERS", None)
+                    _CAP["fft"] = False
+                if _CAP["mmap"]:
+                    libc = _libc()
+                    libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_DEFAULT)
+                    libc.malloc_trim(0)
+                    _CAP["mmap"] = False
+
+
+def _dask_fft_threads(host_threads: Mapping[str, int], client_pid: int) -> int | None:
+    """FFT threads for a task on this Dask worker: its host's cores / threads of all workers there.
+
+    None (leave the setting alone) for a worker running inside the calling process
+    (``LocalCluster(processes=False)``), whose threads share that process's settings.
+    """
+    if os.getpid() == client_pid:
+        return None
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+        share = int(host_threads.get(w.address) or getattr(w.state, "nthreads", 0) or 1)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    return max(1, _available_cores() // max(1, share))
+
+
+def _dask_task(spec: _Spec, angles: tuple[int, ...], host_threads: Mapping[str, int], client_pid: int):
+    """:func:`_task` on a Dask worker: FFT threads capped to the worker's share of its host,
+    large temporaries from the heap (:func:`_worker_settings`)."""
+    with _worker_settings(_dask_fft_threads(host_threads, client_pid)):
+        return _task(spec, angles)
+
+
+class _Batcher:
+    """Hands out the angles still to do, one task at a time.
+
+    Fixed: ``batch`` angles per task.  Adaptive: 1 angle per task until a result has
+    said how long an angle takes, then as many as fill :data:`TASK_TARGET_S` (at most
+    ``batch``), and never more than an even share of what is left between
+    ``2 * n_workers`` tasks, so that the last tasks do not leave workers idle.
+    """
+
+    def __init__(self, todo: Sequence[int], batch: int, *, adaptive: bool = False, n_workers: int = 1,
+                 target_s: float = TASK_TARGET_S):
+        self.todo = [int(a) for a in todo]
+        self.pos = 0
+        self.batch = max(1, int(batch))
+        self.adaptive = bool(adaptive)
+        self.n_workers = max(1, int(n_workers))
+        self.target_s = float(target_s)
+        self._n = 0
+        self._s = 0.0
+        self.tasks = 0
+
+    def observe(self, n_angles: int, seconds: float) -> None:
+        """Record that a task computed *n_angles* angles in *seconds*."""
+        if n_angles > 0 and seconds >= 0:
+            self._n += int(n_angles)
+            self._s += float(seconds)
+
+    def size(self) -> int:
+        """Angles for the next task (0 when none is left)."""
+        left = len(self.todo) - self.pos
+        if left <= 0:
+            return 0
+        if not self.adaptive:
+            return min(self.batch, left)
+        if self._n == 0:
+            b = 1
+        else:
+            per = self._s / self._n
+            b = self.batch if per <= 0 else int(min(self.batch, max(1, round(self.target_s / per))))
+        return max(1, min(b, left, -(-left // (2 * self.n_workers))))
+
+    def take(self) -> tuple[int, ...]:
+        """The next task's angles (empty when all are handed out)."""
+        b = self.size()
+        out = tuple(self.todo[self.pos:self.pos + b])
+        self.pos += b
+        if out:
+            self.tasks += 1
+        return out
 
 
 # =========================================================================== writer
@@ -600,15 +807,23 @@ class _PartialWriter:
 
 # =========================================================================== engines
 class _Serial:
+    """Every angle in this process (the state built for the memory plan is used as is)."""
+
     name = "serial"
 
     def __init__(self, state: _State):
         self.state = state
+        self.tasks = 0
 
-    def run(self, chunks, on_result, plan: MemoryPlan) -> None:
-        for angles in chunks:
+    def run(self, todo: Sequence[int], on_result, plan: MemoryPlan) -> None:
+        batcher = _Batcher(todo, plan.batch)
+        while True:
+            angles = batcher.take()
+            if not angles:
+                break
             for a, maps in _compute(self.state, angles):
                 on_result(a, maps)
+        self.tasks = batcher.tasks
 
     def close(self, kill: bool = False) -> None:
         pass
@@ -619,34 +834,49 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 
 
 class _Pool:
-    """Local worker processes (spawn context; each opens the scan itself).
+    """Local worker processes (spawn context; each opens the scan and builds its own state).
 
-    The thread pools of the children (BLAS, OpenMP, numba, scipy.fft) are capped to
-    ``cpu_count // workers`` through their environment, set while the pool lives (they
-    read it at import, so it cannot be changed once a child runs).
+    The thread pools of the children (BLAS, OpenMP, numba, scipy.fft and MIST's row
+    threads through ``XSPECKLE_FFT_WORKERS``) are capped to ``cores // workers``: N
+    single-threaded processes rather than N processes that each start a thread per core.
+    They read these settings when they start, so the variables are set in this process's
+    environment only while the children are spawned, which happens at once: every worker
+    gets a warm-up task (:func:`_warm`, imports) as soon as the pool is made, so that the
+    interpreter start-up of the workers overlaps the parent's own set-up.
     """
 
     name = "processes"
 
     def __init__(self, spec: _Spec, workers: int):
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        self._saved = {k: os.environ.get(k) for k in _THREAD_ENV}
-        for k in _THREAD_ENV:
-            os.environ[k] = str(threads)
-        self.ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                         initializer=_worker_init, initargs=(threads,))
+        threads = max(1, _available_cores() // workers)
+        saved = {k: os.environ.get(k) for k in _THREAD_ENV}
+        try:
+            for k in _THREAD_ENV:
+                os.environ[k] = str(threads)
+            self.ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_worker_init, initargs=(threads,))
+            # one submit per worker while none is idle: the executor spawns all of them now
+            self._warm = [self.ex.submit(_warm, spec) for _ in range(workers)]
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self.spec = spec
+        self.workers = int(workers)
+        self.threads = threads
+        self.tasks = 0
 
-    def run(self, chunks, on_result, plan: MemoryPlan) -> None:
-        it = iter(chunks)
+    def run(self, todo: Sequence[int], on_result, plan: MemoryPlan) -> None:
+        batcher = _Batcher(todo, plan.batch)
         pending: set[cf.Future] = set()
 
         def submit() -> bool:
-            try:
-                angles = next(it)
-            except StopIteration:
+            angles = batcher.take()
+            if not angles:
                 return False
-            pending.add(self.ex.submit(_task, self.spec, tuple(angles)))
+            pending.add(self.ex.submit(_task, self.spec, angles))
             return True
 
         try:
@@ -657,33 +887,37 @@ class _Pool:
                 done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
                     pending.discard(fut)
-                    for a, maps in fut.result():
+                    res, _seconds = fut.result()
+                    submit()  # keep the workers busy while this process writes
+                    for a, maps in res:
                         on_result(a, maps)
-                    submit()
         except cf.process.BrokenProcessPool:
             raise InputError(
                 "a worker process died (killed, out of memory, or started from a script without the "
                 "'if __name__ == \"__main__\":' guard that multiprocessing needs); fix that, or use workers=1. "
                 "Finished angles are kept: run the same command again to resume"
             ) from None
+        finally:
+            self.tasks = batcher.tasks
 
     def close(self, kill: bool = False) -> None:
         if kill:
             for p in list((getattr(self.ex, "_processes", None) or {}).values()):
                 with contextlib.suppress(Exception):
                     p.terminate()
-        try:
-            self.ex.shutdown(wait=True, cancel_futures=True)
-        finally:
-            for k, v in self._saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        self.ex.shutdown(wait=True, cancel_futures=True)
 
 
 class _Dask:
-    """A Dask distributed cluster (``Client(address)``; a Client object is used as is)."""
+    """A Dask distributed cluster (``Client(address)``; a Client object is used as is).
+
+    Tasks carry only the (small) spec and the angle numbers; every worker thread opens the
+    scan and builds its state once (:func:`_thread_state`).  Each task caps the FFT threads
+    to its worker's share of the host and undoes the page-fault cost of Dask's default
+    malloc setting while it runs (:func:`_worker_settings`), and tasks grow to several
+    angles when one angle is short (:class:`_Batcher`), so that the scheduler's per-task
+    cost stays small against the computing.
+    """
 
     name = "dask"
 
@@ -696,6 +930,7 @@ class _Dask:
             ) from None
         self.spec = spec
         self._own = False
+        self.tasks = 0
         if isinstance(scheduler, Client):
             self.client = scheduler
         else:
@@ -705,32 +940,57 @@ class _Dask:
                 raise InputError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); check the address") from None
             self._own = True
 
+    def _workers(self) -> dict[str, dict]:
+        try:
+            return dict(self.client.scheduler_info()["workers"])
+        except Exception:  # an old or unusual scheduler: fall back to defaults
+            return {}
+
     @property
     def n_workers(self) -> int:
-        try:
-            return max(1, len(self.client.scheduler_info()["workers"]))
-        except Exception:
-            return 1
+        return max(1, len(self._workers()))
 
-    def run(self, chunks, on_result, plan: MemoryPlan) -> None:
+    def run(self, todo: Sequence[int], on_result, plan: MemoryPlan) -> None:
         from distributed import as_completed
 
-        it = iter(chunks)
+        workers = self._workers()
+        # threads of all workers that share a host (address "tcp://host:port")
+        per_host: dict[str, int] = {}
+        for addr, w in workers.items():
+            host = w.get("host") or addr.rsplit(":", 1)[0]
+            per_host[host] = per_host.get(host, 0) + int(w.get("nthreads") or 1)
+        host_threads = {addr: per_host[w.get("host") or addr.rsplit(":", 1)[0]] for addr, w in workers.items()}
+        b_max = plan.batch
+        if plan.adaptive:
+            # a task's angles live on the worker until it returns: keep them within a quarter of its memory
+            limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+            lim = min((x for x in limits if x > 0), default=0)
+            if lim:
+                b_max = int(max(1, min(b_max, (lim // 4 - plan.fixed) // max(1, plan.per_angle))))
+        batcher = _Batcher(todo, b_max, adaptive=plan.adaptive, n_workers=max(1, len(workers)))
+        pid = os.getpid()
         ac = as_completed()
-        n = 0
-        for angles in it:
-            ac.add(self.client.submit(_task, self.spec, tuple(angles), pure=False))
-            n += 1
-            if n >= plan.in_flight:
-                break
-        for fut in ac:
-            res = fut.result()
-            fut.release()
-            for a, maps in res:
-                on_result(a, maps)
-            nxt = next(it, None)
-            if nxt is not None:
-                ac.add(self.client.submit(_task, self.spec, tuple(nxt), pure=False))
+
+        def submit() -> bool:
+            angles = batcher.take()
+            if not angles:
+                return False
+            ac.add(self.client.submit(_dask_task, self.spec, angles, host_threads, pid, pure=False))
+            return True
+
+        try:
+            for _ in range(plan.in_flight):
+                if not submit():
+                    break
+            for fut in ac:
+                res, seconds = fut.result()
+                fut.release()
+                batcher.observe(len(res), seconds)
+                submit()
+                for a, maps in res:
+                    on_result(a, maps)
+        finally:
+            self.tasks = batcher.tasks
 
     def close(self, kill: bool = False) -> None:
         if self._own:
@@ -739,10 +999,6 @@ class _Dask:
 
 
 # =========================================================================== main entry
-def _chunks(todo: Sequence[int], b: int) -> list[tuple[int, ...]]:
-    return [tuple(int(a) for a in todo[i:i + b]) for i in range(0, len(todo), b)]
-
-
 def _gpu_batch(plan: MemoryPlan, batch: int | None) -> int:
     """Angles per GPU step: *batch*, else what fits in half the free GPU memory (1..64)."""
     if batch:
@@ -855,6 +1111,7 @@ def retrieve_scan(
     scan = Scan(scan_path)
     pool = None
     writer: _PartialWriter | None = None
+    finished = False
     try:
         pos = scan.positions(positions)
         n_ang = scan.n_angles
@@ -875,8 +1132,15 @@ def retrieve_scan(
                 resumed = int(writer.done.sum())
                 say(f"resuming {final.name}: {resumed} of {n_ang} angles already done")
 
+        # ---- local workers are started first: their interpreter start-up (imports) then overlaps
+        # this process's set-up below instead of following it
+        n_todo = n_ang - resumed
+        n_local = max(1, min(workers, n_todo)) if device == "cpu" and scheduler is None else 1
+        if n_local > 1:
+            pool = _Pool(spec, n_local)
+
         # ---- reference and retriever, once (in this process also for the parallel engines:
-        # it validates the parameters with one clear error before any worker starts and
+        # it validates the parameters with one clear error before any worker computes and
         # gives the effective parameters and the state size for the memory plan)
         t0 = time.perf_counter()
         state = _State(spec, scan=scan)
@@ -895,7 +1159,7 @@ def retrieve_scan(
             pool = _Dask(spec, scheduler)
             n_req = pool.n_workers
         else:
-            n_req = workers if device == "cpu" else 1
+            n_req = n_local
         plan = estimate_memory(
             n_positions=len(pos), frame_shape=scan.frame_shape, reference_bytes=ref_bytes, state_bytes=state_bytes,
             outputs=outputs, working_factor=working, memory_limit_bytes=limit, workers=n_req,
@@ -905,8 +1169,11 @@ def retrieve_scan(
             plan.batch = _gpu_batch(plan, batch)
         for note in plan.notes:
             say(note)
+        if isinstance(pool, _Pool) and pool.workers != plan.workers:  # the memory limit allows fewer
+            pool.close(kill=True)
+            pool = None
         if pool is None:
-            pool = _Pool(spec, plan.workers) if plan.workers > 1 else _Serial(state)
+            pool = _Serial(state) if plan.workers <= 1 else _Pool(spec, plan.workers)
         if not isinstance(pool, _Serial):
             # workers build their own state; free this process's retriever
             state.retriever = None
@@ -946,7 +1213,7 @@ def retrieve_scan(
         todo = [a for a in range(n_ang) if writer is None or not writer.done[a]]
         t1 = time.perf_counter()
         try:
-            pool.run(_chunks(todo, plan.batch), on_result, plan)
+            pool.run(todo, on_result, plan)
         except BaseException:
             if not isinstance(pool, _Serial):
                 pool.close(kill=True)
@@ -973,11 +1240,14 @@ def retrieve_scan(
             "input_hash": hash_,
             "engine": "cuda" if device == "cuda" else pool.name,
             "memory": plan.as_dict(),
+            "tasks": int(getattr(pool, "tasks", 0)),
             "angles": n_ang,
             "frame_shape": list(scan.frame_shape),
             "resumed_angles": resumed,
             "restarted": restarted,
             "timings": {"setup_s": t_ref, "compute_s": t_compute, "total_s": time.perf_counter() - t_start,
+                        # from the call to the first written angle: set-up plus worker start-up
+                        "first_result_s": (t_results[0] - t_start) if t_results else None,
                         "projections_per_s": (n_new / t_compute) if t_compute > 0 and n_new else None,
                         # after the first result: excludes worker start-up and per-worker set-up
                         "steady_projections_per_s": ((len(t_results) - 1) / (t_results[-1] - t_results[0])
@@ -987,12 +1257,15 @@ def retrieve_scan(
         }
         with atomic_path(log_path(final), overwrite=True) as tmp:
             tmp.write_text(json.dumps(info, indent=2, default=str))
+        finished = True
         return final
     finally:
         if writer is not None:
             writer.close()
         if pool is not None:
-            pool.close()
+            # on an error (bad parameters found while the workers were starting, ...) do not wait
+            # for their start-up to end
+            pool.close(kill=not finished)
         scan.close()
 
 

@@ -9,6 +9,9 @@ writes a self-contained report folder::
       figures/*.png     matplotlib (Agg) figures with colour bars and units
       data/*.h5         the simulated scans, retrieval files and volumes (xspeckle formats)
 
+A screenshot of the default report as headless Chromium shows it: ``docs/demo_report.png``
+(``tests/test_report_browser.py`` checks in Chromium, when installed, that every figure loads).
+
 Chain: ``pwf-beads`` -> PWF; ``mist-berry`` -> MIST and LCS; ``tomo-beads`` -> PWF for every
 angle (:func:`xspeckle.pipeline.retrieve_scan`) -> FBP (:func:`xspeckle.tomo.reconstruct.reconstruct_file`)
 -> delta vs truth and the FSC of two half-scans (even / odd angles).  Methods that are not
@@ -53,7 +56,15 @@ _LABELS = {
 
 
 # --------------------------------------------------------------------------- figures
-def _figure(ncols: int, nrows: int = 1, w: float = 3.3, h: float = 3.0):
+#: figures are saved at this resolution; with the panel sizes below a figure is at most ~1100 px wide,
+#: so the report (max. 1400 px wide) shows it at 1:1 and its 9-13 pt text stays legible
+_DPI = 100
+#: map panels per row (more panels wrap to further rows)
+_MAX_COLS = 3
+
+
+def _figure(ncols: int, nrows: int = 1, w: float = 3.6, h: float = 3.2):
+    """A matplotlib (Agg) figure of *ncols* x *nrows* panels of *w* x *h* inches each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -63,24 +74,30 @@ def _figure(ncols: int, nrows: int = 1, w: float = 3.3, h: float = 3.0):
 
 
 def _imshow(fig, ax, img, title: str, unit: str, *, cmap: str = "gray", vmin=None, vmax=None) -> None:
+    """One map panel: image without ticks, title, colour bar labelled with the unit."""
     im = ax.imshow(np.asarray(img, np.float32), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=11)
     ax.set_xticks([])
     ax.set_yticks([])
-    cb = fig.colorbar(im, ax=ax, shrink=0.8)
-    cb.set_label(unit, fontsize=8)
-    cb.ax.tick_params(labelsize=7)
+    cb = fig.colorbar(im, ax=ax, shrink=0.85)
+    cb.set_label(unit, fontsize=10)
+    cb.ax.tick_params(labelsize=9)
+    cb.ax.yaxis.get_offset_text().set_fontsize(9)  # the "1e-11" of D_eff (m) and δ maps
 
 
 def _save(fig, path: Path) -> str:
+    """Write *fig* as PNG (atomically) and return its path relative to the report folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=_DPI, format="png")
     return f"figures/{path.name}"
 
 
 def _maps_figure(path: Path, title: str, truth: dict[str, np.ndarray], maps: dict[str, np.ndarray]) -> str:
-    """Truth phase, retrieved phase, transmission, dark field and residual side by side."""
+    """Truth phase, retrieved phase, transmission, dark field, residual and phase error.
+
+    At most :data:`_MAX_COLS` panels per row, so that each map is shown large enough to read
+    (a single row of six was ~190 px per map in the report)."""
     panels: list[tuple[np.ndarray, str, str, str]] = []
     if "phase" in truth:
         panels.append((truth["phase"], "true phase", "rad", "gray"))
@@ -91,15 +108,19 @@ def _maps_figure(path: Path, title: str, truth: dict[str, np.ndarray], maps: dic
                            ("viridis" if key == "residual" else "gray")))
     if "phase" in truth and "phase" in maps:
         panels.append((maps["phase"] - truth["phase"], "phase error", "rad", "RdBu_r"))
-    fig = _figure(len(panels))
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    ncols = min(_MAX_COLS, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = _figure(ncols, nrows)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for ax, (img, t, unit, cmap) in zip(axes, panels):
         if cmap == "RdBu_r":
             m = float(np.nanmax(np.abs(img))) or 1.0
             _imshow(fig, ax, img, t, unit, cmap=cmap, vmin=-m, vmax=m)
         else:
             _imshow(fig, ax, img, t, unit, cmap=cmap)
-    fig.suptitle(title, fontsize=11)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=13)
     return _save(fig, path)
 
 
@@ -291,13 +312,13 @@ class _Demo:
 
         # sinogram
         row = phase.shape[1] // 2
-        fig = _figure(1, w=6.0, h=4.0)
+        fig = _figure(1, w=7.5, h=4.8)
         ax = fig.subplots()
         im = ax.imshow(phase[:, row, :], cmap="gray", aspect="auto", interpolation="nearest",
                        extent=(0, phase.shape[2], float(theta[-1]), float(theta[0])))
         ax.set_xlabel("detector column (px)")
         ax.set_ylabel("rotation angle (degree)")
-        ax.set_title(f"PWF phase sinogram, detector row {row}", fontsize=10)
+        ax.set_title(f"PWF phase sinogram, detector row {row}", fontsize=12)
         fig.colorbar(im, ax=ax).set_label("rad")
         self.figures.append((_save(fig, self.figs / "sinogram.png"),
                              f"Phase sinogram of tomo-beads (row {row}) retrieved by PWF at each of {angles} angles "
@@ -305,7 +326,7 @@ class _Demo:
         # slices vs truth
         z = delta.shape[0] // 2
         y = delta.shape[1] // 2
-        fig = _figure(3, 2, w=3.4, h=3.0)
+        fig = _figure(3, 2, w=3.6, h=3.2)
         axes = fig.subplots(2, 3)
         vmax = float(np.percentile(d_true, 99.9)) if d_true.size else None
         for j, (name, vol) in enumerate((("truth", d_true), ("reconstruction", delta))):
@@ -328,7 +349,7 @@ class _Demo:
             cap += f" Relative RMS δ error inside the reconstruction disc {tomo_nums['delta_rel_rms']:.3f}."
         self.figures.append((_save(fig, self.figs / "tomogram_slices.png"), cap))
         # FSC curve
-        fig = _figure(1, w=6.0, h=4.0)
+        fig = _figure(1, w=7.5, h=4.8)
         ax = fig.subplots()
         fr = np.asarray(f["frequency_per_m"]) * 1e-6
         ax.plot(fr[1:], np.asarray(f["fsc"])[1:], "o-", ms=3, label="FSC, even vs odd angles (δ)")
@@ -337,8 +358,8 @@ class _Demo:
         ax.set_xlabel("spatial frequency (1/µm)")
         ax.set_ylabel("FSC")
         ax.set_ylim(min(-0.2, float(np.min(np.asarray(f["fsc"])[1:])) - 0.05), 1.05)
-        ax.legend(fontsize=8)
-        ax.set_title("Fourier shell correlation of two half-scan tomograms", fontsize=10)
+        ax.legend(fontsize=10)
+        ax.set_title("Fourier shell correlation of two half-scan tomograms", fontsize=12)
         res = f["resolution_m"]
         cap = "FSC between the δ tomograms of the even and of the odd angles, with the 1/4 and 1/7 thresholds."
         if res is not None:
@@ -384,7 +405,7 @@ class _Demo:
 body {{ font-family: sans-serif; max-width: 1400px; margin: 1em auto; padding: 0 1em; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em 0; }}
 th, td {{ border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
+figure {{ margin: 1.5em 0; }} img {{ display: block; max-width: 100%; height: auto; border: 1px solid #ddd; }}
 figcaption {{ font-size: 0.9em; color: #444; margin-top: 0.3em; }}
 </style></head><body>
 <h1>xspeckle demo report</h1>
