@@ -901,11 +901,28 @@ class _Pool:
             self.tasks = batcher.tasks
 
     def close(self, kill: bool = False) -> None:
-        if kill:
-            for p in list((getattr(self.ex, "_processes", None) or {}).values()):
-                with contextlib.suppress(Exception):
-                    p.terminate()
-        self.ex.shutdown(wait=True, cancel_futures=True)
+        if not kill:
+            self.ex.shutdown(wait=True, cancel_futures=True)
+            return
+        # interrupted or failed: end the workers, then shut the executor down. shutdown(wait=True) after
+        # terminating workers can (rarely) block for ever on their result pipes, so it runs in a helper
+        # thread with a time limit, and any worker still alive after it is killed.
+        def procs():
+            return list((getattr(self.ex, "_processes", None) or {}).values())
+
+        seen = procs()
+        for p in seen:
+            with contextlib.suppress(Exception):
+                p.terminate()
+        t = threading.Thread(target=self.ex.shutdown, kwargs=dict(wait=True, cancel_futures=True), daemon=True)
+        t.start()
+        t.join(timeout=5)
+        for p in seen + [q for q in procs() if q not in seen]:
+            with contextlib.suppress(Exception):
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
+                    p.join(timeout=5)
 
 
 class _Dask:

@@ -20,6 +20,7 @@ Retrievers must be picklable (plain attributes, no closures): Dask ships them to
 
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,7 +43,7 @@ def as_stack(frames, name: str):
     return a
 
 
-class Retriever:
+class Retriever(abc.ABC):
     """Base class: validates inputs and records parameters.  Subclasses implement ``_retrieve``."""
 
     name: ClassVar[str] = ""
@@ -71,5 +72,6 @@ class Retriever:
             )
         return self._retrieve(s)
 
-    def _retrieve(self, sample) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _retrieve(self, sample) -> dict[str, Any]:
+        """Retrieve from a checked sample stack ``(P, H, W)``; each method module defines it."""
