@@ -356,7 +356,7 @@ def test_dask_worker_processes_get_one_fft_thread_each_and_growing_tasks(tmp_pat
     cores, which oversubscribes the machine), tasks grow past one angle (adaptive batching), the
     result is bitwise the serial one, and nothing is left in this process's environment."""
     distributed = pytest.importorskip("distributed")
-    from xspeckle.pipeline import _available_cores
+    from xspeckle.backend import available_cores as _available_cores
 
     rec_serial, rec_dask = tmp_path / "rec_serial", tmp_path / "rec_dask"
     rec_serial.mkdir()
@@ -381,7 +381,8 @@ def test_dask_worker_processes_get_one_fft_thread_each_and_growing_tasks(tmp_pat
 
 
 def test_local_workers_get_their_share_of_the_cores(tmp_path, scan):
-    from xspeckle.pipeline import _THREAD_ENV, _available_cores
+    from xspeckle.backend import available_cores as _available_cores
+    from xspeckle.pipeline import _THREAD_ENV
 
     rec = tmp_path / "rec"
     rec.mkdir()

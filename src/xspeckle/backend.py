@@ -37,15 +37,24 @@ __all__ = [
     "fftfreq",
     "rfftfreq",
     "cuda_available",
+    "available_cores",
 ]
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def fft_workers() -> int:
-    """Number of CPU threads for ``scipy.fft`` (env ``XSPECKLE_FFT_WORKERS``, default all cores)."""
+    """Number of CPU threads for ``scipy.fft`` (env ``XSPECKLE_FFT_WORKERS``, default all available cores)."""
     env = os.environ.get("XSPECKLE_FFT_WORKERS")
     if env:
         return max(1, int(env))
-    return os.cpu_count() or 1
+    return available_cores()
 
 
 def is_cupy(x: Any) -> bool:

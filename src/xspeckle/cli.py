@@ -520,7 +520,9 @@ def demo(
     if workers is not None and workers < 1:
         raise ParameterError(f"--workers {workers}: give a number >= 1")
     if workers is None:
-        workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+        from xspeckle.backend import available_cores
+
+        workers = min(4, available_cores())
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: exists and is not a folder; choose another output folder")
     parent = outdir.parent if str(outdir.parent) else Path(".")

@@ -467,14 +467,6 @@ def _compute(state: _State, angles: Sequence[int]) -> list[tuple[int, dict[str, 
     return out
 
 
-def _available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 _LOCAL = threading.local()
 
 
@@ -618,7 +610,7 @@ def _dask_fft_threads(host_threads: Mapping[str, int], client_pid: int) -> int |
         share = int(host_threads.get(w.address) or getattr(w.state, "nthreads", 0) or 1)
     except (ImportError, ValueError, AttributeError):
         return None
-    return max(1, _available_cores() // max(1, share))
+    return max(1, B.available_cores() // max(1, share))
 
 
 def _dask_task(spec: _Spec, angles: tuple[int, ...], host_threads: Mapping[str, int], client_pid: int):
@@ -848,7 +840,7 @@ class _Pool:
     name = "processes"
 
     def __init__(self, spec: _Spec, workers: int):
-        threads = max(1, _available_cores() // workers)
+        threads = max(1, B.available_cores() // workers)
         saved = {k: os.environ.get(k) for k in _THREAD_ENV}
         try:
             for k in _THREAD_ENV:

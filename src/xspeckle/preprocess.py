@@ -104,10 +104,13 @@ def normalise(frames, flat=None, dark=None, *, eps: float = 1e-6):
         inv = (1.0 / fl).astype(np.float32)  # (H, W): one division, then a multiply per frame
     # one float32 copy of the frames, then in-place work (memory-bound: fewest passes)
     f = xp.array(frames, dtype=np.float32, copy=True)
-    if d is not None:
-        f -= d
-    if inv is not None:
-        f *= inv
+    # values pushed past the float32 range (e.g. 1.7e38 / a flat of 0.5) become inf and are repaired
+    # below like any non-finite pixel, so the overflow itself is not worth a warning
+    with np.errstate(over="ignore", invalid="ignore"):
+        if d is not None:
+            f -= d
+        if inv is not None:
+            f *= inv
     # cheap finiteness test: a float64 sum is finite iff every pixel is (float32 values cannot overflow it)
     if not np.isfinite(float(xp.sum(f, dtype=np.float64))):
         finite = xp.isfinite(f)

@@ -54,11 +54,16 @@ from xspeckle.retrieve.coherence import (
     stf,
 )
 
-__all__ = ["PWFRetriever", "PWFResult", "PWFModel", "pwf", "fourier_resample", "SCHEMES", "zero_background_plane"]
+__all__ = ["PWFRetriever", "PWFResult", "PWFModel", "pwf", "fourier_resample", "SCHEMES", "MODEL_OPTIONS",
+           "zero_background_plane"]
 
 #: optimisation schemes: "paper" = Alg. S1 (FISTA, fixed step, no restart, correlation stop + guards);
 #: "fast" = ours (adaptive momentum restart, ψ-change + loss-plateau stop), see :meth:`PWFModel.solve`.
 SCHEMES = ("fast", "paper")
+
+#: options of :class:`PWFModel` (the rest of ``**params`` go to :meth:`PWFModel.solve`)
+MODEL_OPTIONS = ("coherence_length_x_m", "coherence_length_y_m", "gamma", "a_re", "a_im", "pad_ratio", "resample",
+                 "wing_ratio", "background_mask", "wiener_eps", "stripe_fix", "delta_over_beta")
 
 _SCHEME_DEFAULTS = {
     # eta: step (re, im); restart: O'Donoghue–Candès function-value restart; stop: rule
@@ -726,9 +731,8 @@ def _check_solve_keys(params) -> None:
     known = set(inspect.signature(PWFModel.solve).parameters) - {"self", "sample"}
     bad = sorted(set(params) - known)
     if bad:
-        raise ParameterError(f"pwf: unknown parameter(s) {', '.join(bad)}; model options: gamma, a_re, a_im, "
-                             f"pad_ratio, resample, wing_ratio, background_mask, wiener_eps, stripe_fix, delta_over_beta, "
-                             f"coherence_length_x_m/_y_m; solver options: {', '.join(sorted(known))}")
+        raise ParameterError(f"pwf: unknown parameter(s) {', '.join(bad)}; model options: {', '.join(MODEL_OPTIONS)}; "
+                             f"solver options: {', '.join(sorted(known))}")
 
 
 def pwf(*, reference, sample, geometry: Geometry, scheme: str = "fast", coherence_length_x_m=None,
@@ -750,10 +754,8 @@ def pwf(*, reference, sample, geometry: Geometry, scheme: str = "fast", coherenc
     -------
     PWFResult ; for a single projection the maps are ``(H, W)``, for a batch ``(B, H, W)``.
     """
-    model_keys = {"gamma", "a_re", "a_im", "pad_ratio", "resample", "wing_ratio", "background_mask",
-                  "wiener_eps", "stripe_fix", "delta_over_beta"}
-    mk = {k: v for k, v in kwargs.items() if k in model_keys}
-    sk = {k: v for k, v in kwargs.items() if k not in model_keys}
+    mk = {k: v for k, v in kwargs.items() if k in MODEL_OPTIONS}
+    sk = {k: v for k, v in kwargs.items() if k not in MODEL_OPTIONS}
     _check_solve_keys(sk)
     ref = as_stack(reference, "reference")
     model = PWFModel(ref, geometry, coherence_length_x_m=coherence_length_x_m,
@@ -791,12 +793,10 @@ class PWFRetriever(Retriever):
     min_positions = 1
     needs_downstream = True
 
-    _MODEL_KEYS = ("coherence_length_x_m", "coherence_length_y_m", "gamma", "a_re", "a_im", "pad_ratio",
-                   "resample", "wing_ratio", "background_mask", "wiener_eps", "stripe_fix", "delta_over_beta")
 
     def __init__(self, reference, geometry: Geometry, **params: Any):
         super().__init__(reference, geometry, **params)
-        mk = {k: params.pop(k) for k in list(params) if k in self._MODEL_KEYS}
+        mk = {k: params.pop(k) for k in list(params) if k in MODEL_OPTIONS}
         _check_solve_keys(params)
         self.solve_params = params
         self.model = PWFModel(self.reference, geometry, **mk)
