@@ -171,7 +171,9 @@ def run(quick: bool = False) -> str:
         "FBP and the voxelised truth).\n"
         "- PWF with its default parameters (scheme 'fast'); one local process; the automatic centre is "
         "`reconstruct_file`'s default (`find_center(method='auto')`).\n"
-        "- Issue criterion: |δ err| ≤ 2 % at benchmark size.\n" + "\n".join(verdict)
+        "- Issue criterion: |δ err| ≤ 2 % at benchmark size.\n" + "\n".join(verdict) +
+        "\n- Why PWF's δ is biased (model error of the estimated diffuser field; the bias against a_re, a_im): "
+        "benchmarks/bench_pwf_bias.py."
     )
     return section(TITLE, body + notes, "python benchmarks/bench_tomo_e2e.py" + (" --quick" if quick else ""),
                    quick=quick)
