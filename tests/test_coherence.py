@@ -143,3 +143,73 @@ def test_diffuser_estimate_reproduces_reference():
     model = np.real(B.ifft2(B.fft2(inten.astype(np.complex64)) * iotf(r.shape, P, XC, YC)))
     rel = np.linalg.norm(model - r) / np.linalg.norm(r - r.mean())
     assert rel < 0.1, rel
+
+
+@pytest.mark.parametrize("layers, spacing_m, seed", [(1, 0.0, 0), (4, 0.5e-3, 1)])
+def test_phase_only_diffuser_estimate_halves_the_model_error(layers, spacing_m, seed):
+    """The zero-phase field reproduces the reference but not how the diffuser answers a distorted wave.
+
+    Periodic 128² grid, PWF geometry (L1 3 mm, L2 20 mm, 10 keV); a one-layer and a four-layer diffuser
+    (0.5 mm apart, so not a thin phase screen); sample: a −4 rad Gaussian phase bump. Error of the model
+    intensity IPSF⊛|P_L2{t̂·P_L1 x}|² against the true one, relative to the sample signal: the phase-only
+    estimate (Richardson–Lucy + Gerchberg–Saxton) must be below 0.6× the zero-phase one (measured
+    0.35–0.41 against 0.69–0.97), and fit the reference at least as well."""
+    from xspeckle.simulate.diffuser import random_diffuser
+
+    n, lam, l1, l2 = 128, 1.2398e-10, 3e-3, 20e-3
+    h = iotf((n, n), P, XC, YC)
+
+    def detect(field):
+        return np.real(np.fft.ifft2(np.fft.fft2(np.abs(propagate(field, l2, P, lam)) ** 2) * h))
+
+    t = random_diffuser((n, n), P, grain_size_m=2.5e-6, phase_rms_rad=1.75 / math.sqrt(layers), absorption=0.02,
+                        layers=layers, layer_spacing_m=spacing_m, wavelength_m=lam, rng=seed)
+    ref = detect(t)
+    t = t / math.sqrt(ref.mean())
+    ref = (ref / ref.mean()).astype(np.float32)
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    u1 = propagate(np.exp(-4j * np.exp(-(xx**2 + yy**2) / (2 * 14.0**2))).astype(np.complex64), l1, P, lam)
+    data = detect(t * u1)
+    err, fit = {}, {}
+    for est in ("zero-phase", "phase-only"):
+        te = diffuser_transmission(ref, pixel_size_m=P, wavelength_m=lam, l2_m=l2, coherence_length_x_m=XC,
+                                   coherence_length_y_m=YC, estimate=est)
+        assert te.dtype == np.complex64 and te.shape == ref.shape
+        err[est] = np.linalg.norm(detect(te * u1) - data) / np.linalg.norm(data - ref)
+        fit[est] = np.linalg.norm(detect(te) - ref) / np.linalg.norm(ref - 1)
+    assert err["phase-only"] < 0.6 * err["zero-phase"], err
+    assert fit["phase-only"] <= fit["zero-phase"], fit
+
+
+def test_richardson_lucy_recovers_a_positive_image():
+    """A positive, sharp-peaked image (sparse Gaussian spots on a weak floor, as coherent speckle peaks) blurred by
+    the IOTF: Richardson–Lucy stays positive, keeps the mean, and recovers it better than the blurred image
+    and than the clipped Wiener estimate (measured: 0.14 and 0.50 of their errors)."""
+    from xspeckle.retrieve.coherence import richardson_lucy
+
+    rng = np.random.default_rng(0)
+    n = 64
+    truth = np.full((n, n), 0.05)
+    yy, xx = np.mgrid[:n, :n]
+    for cy, cx in rng.uniform(0, n, (40, 2)):
+        dy, dx = (yy - cy + n / 2) % n - n / 2, (xx - cx + n / 2) % n - n / 2
+        truth += np.exp(-(dx * dx + dy * dy) / (2 * 1.2**2))
+    truth = truth.astype(np.float32)
+    h = iotf((n, n), P, XC, YC)
+    blurred = np.real(np.fft.ifft2(np.fft.fft2(truth) * h)).astype(np.float32)
+    est = richardson_lucy(blurred, h, iterations=200)
+    assert est.dtype == np.float32 and est.min() >= 0
+    assert est.mean() == pytest.approx(blurred.mean(), rel=1e-3)
+    e_rl = np.linalg.norm(est - truth)
+    e_wiener = np.linalg.norm(np.maximum(wiener_deconvolve(blurred, h, nsr=1e-3), 0) - truth)
+    assert e_rl < 0.3 * np.linalg.norm(blurred - truth)
+    assert e_rl < 0.7 * e_wiener
+
+
+def test_diffuser_estimate_errors():
+    r = np.ones((16, 16), np.float32)
+    kw = dict(pixel_size_m=P, wavelength_m=1e-10, l2_m=0.02, coherence_length_x_m=XC, coherence_length_y_m=YC)
+    with pytest.raises(ParameterError, match="unknown"):
+        diffuser_transmission(r, estimate="magic", **kw)
+    with pytest.raises(ParameterError, match="gs_iterations"):
+        diffuser_transmission(r, estimate="phase-only", gs_iterations=-1, **kw)

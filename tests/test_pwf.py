@@ -188,3 +188,36 @@ def test_retriever_picklable_and_rejects_unknown_options(beads12):
     assert r2.parameters["iterations"] == 20 and out["phase"].shape == (128, 128)
     with pytest.raises(ParameterError):
         PWFRetriever(ref[:1], _geom_given(s), shceme="paper")
+
+
+def test_phase_only_diffuser_estimate_retrieves_closer_to_the_truth():
+    """tomo-beads, 96 px, 6 angles, both positions, photon noise, two seeds: the phase-only diffuser field
+    (Richardson–Lucy + Gerchberg–Saxton) gives a lower phase error than the paper's zero-phase field (measured
+    rms ratio 0.90 and 0.76), with the same step normaliser c (so a_re, a_im keep the paper's meaning).
+    The tomograms: bench_tomo_e2e.py."""
+    from xspeckle.preprocess import normalise
+
+    ratios = []
+    for seed in (0, 1):
+        sim = make_preset("tomo-beads", size=96, angles=6, seed=seed)
+        flat, dark = sim.flat.mean(0), sim.dark.mean(0)
+        ref = normalise(sim.reference, flat, dark)
+        data = np.moveaxis(normalise(sim.data, flat, dark), 1, 0)
+        truth = np.asarray(sim.truth["phase"], np.float64)
+        err, c = {}, {}
+        for est in ("zero-phase", "phase-only"):
+            model = PWFModel(ref, sim.geometry, diffuser_estimate=est)
+            res = model.solve(data)
+            err[est] = float(np.sqrt(((res.phase - truth) ** 2).mean()) / np.abs(truth).max())
+            c[est] = model.c
+            assert model.parameters()["diffuser_estimate"] == est
+        assert c["phase-only"] == pytest.approx(c["zero-phase"])
+        ratios.append(err["phase-only"] / err["zero-phase"])
+    assert np.mean(ratios) < 0.92, ratios
+    assert max(ratios) < 1.0, ratios
+
+
+def test_diffuser_estimate_option_is_checked():
+    sim = make_preset("pwf-beads", size=64, positions=1, noise=False)
+    with pytest.raises(ParameterError, match="diffuser_estimate"):
+        PWFModel(np.ones((1, 64, 64), np.float32), sim.geometry, diffuser_estimate="magic")
