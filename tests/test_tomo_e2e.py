@@ -16,32 +16,17 @@ from xspeckle.simulate import make_preset, write_simulated
 from xspeckle.tomo.reconstruct import reconstruct_file
 
 
-def _run(d, sim, scan, **params):
-    ret = retrieve_scan(scan, d / "ret.h5", method="pwf", params=params, overwrite=True)
-    vol = reconstruct_file(ret, d / "vol.h5", overwrite=True)
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    sim = make_preset("tomo-beads", size=64, angles=24, seed=0)
+    scan = write_simulated(sim, d / "scan.h5")
+    ret = retrieve_scan(scan, d / "ret.h5", method="pwf")
+    vol = reconstruct_file(ret, d / "vol.h5")
     with h5py.File(vol) as f:
         out = {k: f[f"volume/{k}"][()] for k in ("delta", "beta")}
         out["center_px"] = float(f.attrs["center_px"])
     return sim, out
-
-
-@pytest.fixture(scope="module")
-def scan(tmp_path_factory):
-    d = tmp_path_factory.mktemp("e2e")
-    sim = make_preset("tomo-beads", size=64, angles=24, seed=0)
-    return d, sim, write_simulated(sim, d / "scan.h5")
-
-
-@pytest.fixture(scope="module")
-def chain(scan):
-    return _run(*scan)
-
-
-def _core_err(sim, vol, key):
-    truth = np.asarray(sim.truth[key], np.float64)
-    d_true = np.asarray(sim.truth["delta"], np.float64)
-    core = ndi.binary_erosion(d_true >= 0.9 * d_true.max(), iterations=2)
-    return vol[key][core].mean() / truth[core].mean() - 1.0
 
 
 def test_auto_center_on_retrieved_phase(chain):
@@ -62,4 +47,3 @@ def test_mean_delta_in_beads(chain):
     y, x = np.mgrid[:n, :n] - (n - 1) / 2
     air &= (x * x + y * y < (0.4 * n) ** 2)[None]
     assert abs(out["delta"][air].mean()) < 0.05 * d_true[core].mean()
-
