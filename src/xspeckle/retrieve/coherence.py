@@ -546,11 +546,11 @@ def diffuser_transmission(reference, *, pixel_size_m: float, wavelength_m: float
         spec *= q
         t = B.ifft2(spec, overwrite_x=True)                              # back to the diffuser
         mod = xp.abs(t)
-        t *= (mod.mean(axis=(-2, -1), keepdims=True) / xp.maximum(mod, np.float32(1e-12))).astype(np.float32)
+        t *= mod.mean(axis=(-2, -1), keepdims=True) / xp.maximum(mod, np.float32(1e-12))   # constant modulus
         spec = B.fft2(t, overwrite_x=True)
         spec *= qf
-        y = B.ifft2(spec, overwrite_x=True)                              # forward to the detector
-        field_d = (amp * (y / xp.maximum(xp.abs(y), np.float32(1e-12)))).astype(np.complex64)
+        field_d = B.ifft2(spec, overwrite_x=True)                       # forward to the detector
+        field_d *= amp / xp.maximum(xp.abs(field_d), np.float32(1e-12))  # measured amplitude, phase kept
     spec = B.fft2(field_d)
     spec *= q
     return B.ifft2(spec, overwrite_x=True).astype(np.complex64)

@@ -360,18 +360,16 @@ class PWFModel:
 
         # ---- diffuser field t (pwf.md §5) on the PWF grid
         refg = self._to_grid(self.ref_norm)                                               # (K,Hr,Wr)
-        self.t = diffuser_transmission(refg, pixel_size_m=pyx, wavelength_m=self.lam, l2_m=self.l2,
-                                       coherence_length_x_m=self.xcoh, coherence_length_y_m=self.ycoh,
-                                       estimate=self.diffuser_estimate)
+        dkw = dict(pixel_size_m=pyx, wavelength_m=self.lam, l2_m=self.l2, coherence_length_x_m=self.xcoh,
+                   coherence_length_y_m=self.ycoh)
+        t0 = diffuser_transmission(refg, estimate="zero-phase", **dkw)
+        # c = (max|t|²)² [C] of the paper's zero-phase field whatever the estimate, so the step normaliser and with
+        # it the meaning of a_re, a_im stay the paper's (the phase-only field's own max|t|² is about half: 4x the
+        # data weight, many more iterations and restarts, a different bias)
+        self.c = float(xp.max(t0.real**2 + t0.imag**2)) ** 2
+        self.t = t0 if self.diffuser_estimate == "zero-phase" else diffuser_transmission(
+            refg, estimate=self.diffuser_estimate, **dkw)
         self.tc = xp.conj(self.t)
-        # c = (max|t|²)² [C], always of the paper's zero-phase field: the step normaliser and with it the meaning of
-        # a_re, a_im stay the paper's whatever the estimate (the phase-only field's own max|t|² is about half,
-        # which would quadruple the data weight: many more iterations, restarts, and a different bias)
-        t_c = self.t if self.diffuser_estimate == "zero-phase" else diffuser_transmission(
-            refg, pixel_size_m=pyx, wavelength_m=self.lam, l2_m=self.l2, coherence_length_x_m=self.xcoh,
-            coherence_length_y_m=self.ycoh, estimate="zero-phase")
-        tmax = float(xp.max(t_c.real**2 + t_c.imag**2))
-        self.c = tmax**2
         # Wiener band-limit filter for y_B, in rfft layout: IOTF·IOTF/(IOTF²+ε) (pwf.md §2 data prep)
         self._ywiener = (self.iotf_r * self.iotf_r / (self.iotf_r * self.iotf_r + wiener_eps)).astype(np.float32)
 
