@@ -119,9 +119,11 @@ def test_retriever_calibrates_and_records(beads12):
     assert abs(p["coherence_length_x_m"] / XC - 1) < 0.08
     assert abs(p["coherence_length_y_m"] / YC - 1) < 0.08
     out = r(dat[:2])
-    assert set(out) == {"phase", "transmission", "residual"}
-    for v in out.values():
+    assert set(out) == {"phase", "transmission", "residual", "iterations", "stop_reason"}
+    for k in ("phase", "transmission", "residual"):
+        v = out[k]
         assert v.shape == (128, 128) and v.dtype == np.float32 and np.all(np.isfinite(v))
+    assert out["iterations"] == r.parameters["iterations"] and out["stop_reason"] == r.parameters["stop_reason"]
     assert r.parameters["iterations"] > 0 and r.parameters["stop_reason"] in ("converged", "max_iter")
     json.dumps({k: v for k, v in r.parameters.items()})
     assert _relerr(out["phase"], s) < 0.13

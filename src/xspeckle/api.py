@@ -115,7 +115,9 @@ def retrieve(reference, sample, geometry: Geometry, *, method: str = "mist", fla
         ``phase`` (rad), ``transmission``, ``diffusion`` (m), ``visibility``,
         ``diffusion_tensor`` (3, ...), ``displacement`` (2, ..., px), ``residual``: shapes
         ``(H, W)`` for one angle, ``(A, H, W)`` (``(C, A, H, W)``) with an angle axis, as in
-        the retrieval file.  ``"parameters"`` is not included; see ``retriever.parameters``
+        the retrieval file.  Iterative methods add ``iterations`` (int) and ``stop_reason``
+        (str; arrays ``(A,)`` with an angle axis); a method whose model does not fit the data
+        adds ``warnings`` (list of one-line messages naming the fix).  ``"parameters"`` is not included; see ``retriever.parameters``
         via :func:`xspeckle.retrieve.make_retriever` when needed.
     """
     from xspeckle import backend as B
@@ -147,12 +149,35 @@ def retrieve(reference, sample, geometry: Geometry, *, method: str = "mist", fla
     fl, dk = _mean(flat), _mean(dark)
     norm = (lambda x: normalise(x, fl, dk)) if (fl is not None or dk is not None) else (lambda x: np.asarray(x, np.float32))
     r = make_retriever(method, norm(ref), geometry, **params)
+    diag_keys = ("iterations", "stop_reason", "warnings")   # per-angle diagnostics, not maps
+
+    def _diag(res, into):
+        if "iterations" in res:
+            into.setdefault("iterations", []).append(int(res["iterations"]))
+        if "stop_reason" in res:
+            into.setdefault("stop_reason", []).append(str(res["stop_reason"]))
+        if res.get("warnings"):
+            into.setdefault("warnings", []).extend(w for w in res["warnings"] if w not in into.get("warnings", []))
+
     if not many:
-        return {k: np.asarray(B.asnumpy(v), dtype=np.float32) for k, v in r(norm(smp)).items()}
+        res = r(norm(smp))
+        out1 = {k: np.asarray(B.asnumpy(v), dtype=np.float32) for k, v in res.items() if k not in diag_keys}
+        d1: dict = {}
+        _diag(res, d1)
+        if "iterations" in d1:
+            out1["iterations"] = np.int32(d1["iterations"][0])
+        if "stop_reason" in d1:
+            out1["stop_reason"] = d1["stop_reason"][0]
+        if "warnings" in d1:
+            out1["warnings"] = d1["warnings"]
+        return out1
     n = smp.shape[1]
     out: dict[str, np.ndarray] = {}
+    dd: dict = {}
     for a in range(n):
         res = r(norm(smp[:, a]))
+        _diag(res, dd)
+        res = {k: v for k, v in res.items() if k not in diag_keys}
         for k, v in res.items():
             v = np.asarray(B.asnumpy(v), dtype=np.float32)
             if k not in out:
@@ -164,6 +189,12 @@ def retrieve(reference, sample, geometry: Geometry, *, method: str = "mist", fla
                 out[k][a] = v
         if progress is not None:
             progress(a + 1, n)
+    if "iterations" in dd:
+        out["iterations"] = np.asarray(dd["iterations"], np.int32)
+    if "stop_reason" in dd:
+        out["stop_reason"] = np.asarray(dd["stop_reason"])
+    if "warnings" in dd:
+        out["warnings"] = dd["warnings"]
     return out
 
 

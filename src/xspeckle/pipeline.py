@@ -97,6 +97,14 @@ _UNITS = {
     "residual": "1",
 }
 _COMPONENT_NAMES = {"diffusion_tensor": "xx,yy,xy", "displacement": "x,y"}
+#: per-angle diagnostics a retriever may return beside its maps (interfaces.md: ``iterations``
+#: int (A,), ``stop_reason`` string (A,); ``warnings``: list of one-line messages, summarised in
+#: the root attribute ``warnings`` and on stderr)
+_DIAG_KEYS = ("iterations", "stop_reason", "warnings")
+#: stop reasons of iterative methods that count as converged (anything else is reported)
+CONVERGED_REASONS = ("converged", "correlation")
+_REASON_BYTES = 24
+_WARNING_BYTES = 480
 
 #: temporaries of one retrieval call, in units of one ``(P, H, W)`` float32 stack, when
 #: the retriever class does not say (class attribute ``working_factor``)
@@ -463,8 +471,63 @@ def _compute(state: _State, angles: Sequence[int]) -> list[tuple[int, dict[str, 
     results = retrieve_batch(state.retriever, norm)
     out = []
     for a, res in zip(angles, results):
-        out.append((int(a), {k: np.ascontiguousarray(B.asnumpy(v), dtype=np.float32) for k, v in res.items()}))
+        maps = {k: np.ascontiguousarray(B.asnumpy(v), dtype=np.float32) for k, v in res.items() if k not in _DIAG_KEYS}
+        diag = _diagnostics(res)
+        if diag:
+            maps["_diag"] = diag
+        out.append((int(a), maps))
     return out
+
+
+def _diagnostics(res: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-angle diagnostics of one result (plain Python values, picklable)."""
+    d: dict[str, Any] = {}
+    if "iterations" in res:
+        d["iterations"] = int(res["iterations"])
+    if "stop_reason" in res:
+        d["stop_reason"] = str(res["stop_reason"])
+    w = res.get("warnings")
+    if w:
+        d["warnings"] = [str(x) for x in (w if isinstance(w, (list, tuple)) else [w])]
+    return d
+
+
+def summarise_diagnostics(stop_reason: Sequence[str] | None, warnings_per_angle: Sequence[str] | None,
+                          method: str) -> list[str]:
+    """One-line messages for angles that did not converge and for the retrievers' warnings.
+
+    Parameters
+    ----------
+    stop_reason : sequence of str, one per angle (empty strings: no iterative method)
+    warnings_per_angle : sequence of str, one per angle, messages joined by ``"\n"``
+    method : str, for the message prefix
+
+    Returns
+    -------
+    list of str, e.g. ``"pwf: 3 of 90 angles did not converge (max_iter: 2, stalled: 1; angles 4, 7, 9);
+    see /retrieval/stop_reason"``.
+    """
+    lines = []
+    if stop_reason is not None:
+        reasons = [str(r) for r in stop_reason]
+        bad = [i for i, r in enumerate(reasons) if r and r not in CONVERGED_REASONS]
+        if bad:
+            counts: dict[str, int] = {}
+            for i in bad:
+                counts[reasons[i]] = counts.get(reasons[i], 0) + 1
+            which = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+            lines.append(f"{method}: {len(bad)} of {len(reasons)} angle{'s' if len(reasons) > 1 else ''} did not converge "
+                         f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}; angle{'s' if len(bad) > 1 else ''} "
+                         f"{which}); the maps of those angles are not converged results, see /retrieval/stop_reason")
+    if warnings_per_angle is not None:
+        seen: dict[str, list[int]] = {}
+        for i, w in enumerate(warnings_per_angle):
+            for msg in filter(None, str(w).split("\n")):
+                seen.setdefault(msg, []).append(i)
+        n = len(warnings_per_angle)
+        for msg, idx in seen.items():
+            lines.append(f"{method}: {msg} ({len(idx)} of {n} angle{'s' if n > 1 else ''})")
+    return lines
 
 
 _LOCAL = threading.local()
@@ -687,13 +750,13 @@ class _PartialWriter:
         self.path = path
         self._done = f["progress/angles_done"]
         self.done = np.asarray(self._done[()], dtype=bool)
-        self.names = {k: tuple(f["retrieval"][k].shape) for k in f["retrieval"]}
+        self.names = {k: tuple(f["retrieval"][k].shape) for k in f["retrieval"] if k not in _DIAG_KEYS}
 
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, path: Path, *, shapes: Mapping[str, tuple[int, ...]], n_angles: int, method: str,
                parameters: Mapping[str, Any], pipeline: Mapping[str, Any], geometry_attrs: Mapping[str, Any],
-               theta_deg: np.ndarray, hash_: str) -> "_PartialWriter":
+               theta_deg: np.ndarray, hash_: str, diag_keys: Iterable[str] = ()) -> "_PartialWriter":
         if path.exists():
             path.unlink()
         f = h5py.File(path, "w")
@@ -732,9 +795,17 @@ class _PartialWriter:
                 d.attrs["units"] = _UNITS[name]
                 if name in _COMPONENT_NAMES:
                     d.attrs["components"] = _COMPONENT_NAMES[name]
+            if "iterations" in diag_keys:
+                d = r.create_dataset("iterations", data=np.full(n_angles, -1, np.int32))
+                d.attrs["units"] = "1"
+            if "stop_reason" in diag_keys:
+                d = r.create_dataset("stop_reason", data=np.zeros(n_angles, f"S{_REASON_BYTES}"))
+                d.attrs["units"] = "string"
             p = f.create_group("progress")
             p.attrs["input_hash"] = hash_
             p.create_dataset("angles_done", data=np.zeros(n_angles, np.uint8))
+            # warnings of each angle (utf-8, messages joined by newlines), summarised when the run ends
+            p.create_dataset("warnings", data=np.zeros(n_angles, f"S{_WARNING_BYTES}"))
             f.flush()
         except BaseException:
             f.close()
@@ -787,10 +858,31 @@ class _PartialWriter:
                 if a.shape != full[1:]:
                     raise ScanFormatError(f"{name} of angle {angle} has shape {a.shape}, expected {full[1:]}")
                 r[name][angle] = a
+        diag = maps.get("_diag") or {}
+        if "iterations" in r and "iterations" in diag:
+            r["iterations"][angle] = int(diag["iterations"])
+        if "stop_reason" in r and "stop_reason" in diag:
+            r["stop_reason"][angle] = str(diag["stop_reason"]).encode()[:_REASON_BYTES]
+        if "warnings" in self.f["progress"]:
+            msg = "\n".join(diag.get("warnings", ())).encode()
+            self.f["progress/warnings"][angle] = msg[:_WARNING_BYTES]
         self.f.flush()  # data on disk before the flag says so
         self._done[angle] = 1
         self.f.flush()
         self.done[angle] = True
+
+    def diagnostics(self) -> tuple[list[str] | None, list[str] | None, list[int] | None]:
+        """``(stop_reason, warnings, iterations)`` per angle as stored (None where not recorded)."""
+        r, p = self.f["retrieval"], self.f["progress"]
+        reasons = [x.decode() for x in r["stop_reason"][()]] if "stop_reason" in r else None
+        warns = [x.decode(errors="replace") for x in p["warnings"][()]] if "warnings" in p else None
+        iters = [int(i) for i in r["iterations"][()]] if "iterations" in r else None
+        return reasons, warns, iters
+
+    def finalise(self, messages: Sequence[str]) -> None:
+        """Record the run's summary messages as the root attribute ``warnings`` (JSON list)."""
+        self.f.attrs["warnings"] = json.dumps(list(messages))
+        self.f.flush()
 
     def close(self) -> None:
         if self.f.id.valid:
@@ -1202,7 +1294,7 @@ def retrieve_scan(
             nonlocal writer
             if writer is None:
                 shapes = {k: tuple(np.shape(v)) for k, v in maps.items() if k in _UNITS}
-                extra = sorted(k for k in maps if k not in _UNITS)
+                extra = sorted(k for k in maps if k not in _UNITS and k != "_diag")
                 if extra:
                     say(f"not stored (not in the retrieval layout of interfaces.md): {', '.join(extra)}")
                 if not shapes:
@@ -1210,6 +1302,7 @@ def retrieve_scan(
                 writer = _PartialWriter.create(
                     part, shapes=shapes, n_angles=n_ang, method=method_name, parameters=parameters,
                     pipeline=pipeline_info, geometry_attrs=geometry_attrs, theta_deg=scan.theta_deg, hash_=hash_,
+                    diag_keys=tuple(maps.get("_diag") or ()),
                 )
             if writer.done[angle]:
                 return
@@ -1233,6 +1326,16 @@ def retrieve_scan(
             raise ScanFormatError(f"{scan.path}: no angle to retrieve")
         if not writer.done.all():
             raise RuntimeError(f"{int((~writer.done).sum())} angles were not computed")  # a bug, not a user error
+        # ---- honest diagnostics: angles that did not converge and the retrievers' warnings, on stderr
+        # (one line each), in the file (root attribute ``warnings``) and in the log
+        reasons, warns, iters = writer.diagnostics()
+        messages = summarise_diagnostics(reasons, warns, method_name)
+        for msg in messages:
+            if log is not None:
+                log(f"warning: {msg}")
+            else:
+                logger.warning(msg)
+        writer.finalise(messages)
         writer.close()
         # ---- finalise: atomic rename; the final name never holds a partial file
         check_output_path(final, overwrite=overwrite)
@@ -1254,6 +1357,9 @@ def retrieve_scan(
             "frame_shape": list(scan.frame_shape),
             "resumed_angles": resumed,
             "restarted": restarted,
+            "warnings": messages,
+            "iterations": iters,
+            "stop_reason": reasons,
             "timings": {"setup_s": t_ref, "compute_s": t_compute, "total_s": time.perf_counter() - t_start,
                         # from the call to the first written angle: set-up plus worker start-up
                         "first_result_s": (t_results[0] - t_start) if t_results else None,

@@ -522,7 +522,8 @@ class PWFModel:
               min_iter: int | None = None, corr_tol: float = 1e-5, check_every: int = 10,
               plateau_window: int = 50, plateau_tol: float | None = None, restart: bool | None = None,
               divergence_factor: float = 2.0, psi0=None, progress: Callable[[int, int], None] | None = None,
-              change_tol: float | None = None, restart_min_gap: int = 0,
+              change_tol: float | None = None, restart_min_gap: int = 0, max_halvings: int = 30,
+              grow_after: int = 100,
               callback: Callable[[int, Any, Any], None] | None = None) -> PWFResult:
         """Run PWF on a batch of projections.
 
@@ -544,8 +545,14 @@ class PWFModel:
             Relative loss decrease over *plateau_window* iterations below which the loss counts as
             flat; default 1e-3 (paper guard) / 2e-4 (fast).
         divergence_factor : float
-            Divergence guard: a non-finite loss or one above ``divergence_factor × best`` reverts to
-            the last gradient step, resets the momentum and halves η.
+            Divergence guard: a non-finite loss or one above ``divergence_factor × best`` is
+            rejected: the projection returns to its last accepted point, the momentum is reset, η
+            is halved and the step retaken from there.
+        max_halvings : int
+            The projection ends ``"stalled"`` (``"diverged"`` if the loss is not finite) once η has
+            been halved this many times below its start value without recovering.
+        grow_after : int
+            After this many accepted iterations since the last retreat, η doubles (up to its start).
         psi0 : array ``(B, 1, Hr, Wr)`` complex, optional
             Start value on the PWF grid (default ψ = 0).
         restart_min_gap : int
@@ -581,6 +588,7 @@ class PWFModel:
 
         psi = xp.zeros((nb, 1) + self.shape, np.complex64) if psi0 is None else xp.asarray(psi0, np.complex64).copy()
         z_old = psi.copy()
+        psi_acc = psi.copy()                     # last point whose loss was accepted (divergence guard)
         out_psi = xp.empty_like(psi)
         active = np.arange(nb)
         tk = np.ones(nb)                         # FISTA s_j (pwf.md §4 step 8)
@@ -593,6 +601,8 @@ class PWFModel:
         n_restart = np.zeros(nb, int)
         last_restart = np.zeros(nb, int)
         n_div = np.zeros(nb, int)
+        since_retreat = np.zeros(nb, int)       # accepted iterations since the last retreat (η regrowth)
+        eta0 = np.array(eta, dtype=np.float64)
         x_prev = None
         corr_val = np.full(nb, np.nan)
         change_val = np.full(nb, np.inf)
@@ -613,22 +623,36 @@ class PWFModel:
             if (j % check_every) == 0 and stop_rule == "correlation":
                 x_prev = x.copy()
             finished = np.zeros(active.size, bool)
-            # ---- divergence guard
+            # ---- divergence guard: a non-finite loss, or one above divergence_factor × the best, is
+            # rejected; the projection retreats to its last ACCEPTED point (whose loss is known to be
+            # good), the momentum is reset and η halved, and the step is retaken from there next
+            # iteration.  η grows back (×2, up to its start value) after grow_after accepted
+            # iterations, so one bad step does not slow the rest of the run.  Only when η has shrunk
+            # by 2^max_halvings without an accepted step the projection ends "stalled" (or
+            # "diverged" when the loss is not even finite).
             bad = ~np.isfinite(loss) | (loss > divergence_factor * best[active])
             for i_loc in np.nonzero(bad)[0]:
                 gi = active[i_loc]
+                il = int(i_loc)
                 n_div[gi] += 1
+                since_retreat[gi] = 0
                 step[gi] *= 0.5
                 tk[gi] = 1.0
-                psi[int(i_loc)] = z_old[int(i_loc)]
-                if n_div[gi] > 20:
+                psi[il] = psi_acc[il]
+                z_old[il] = psi_acc[il]
+                if np.all(step[gi] < eta0 * 2.0 ** -max_halvings):
                     finished[i_loc] = True
-                    reasons[gi] = "diverged"
+                    reasons[gi] = "diverged" if not np.isfinite(loss[i_loc]) else "stalled"
             ok = ~bad
             for i_loc in np.nonzero(ok)[0]:
                 gi = active[i_loc]
                 hist[gi].append(float(loss[i_loc]))
                 best[gi] = min(best[gi], loss[i_loc])
+                psi_acc[int(i_loc)] = psi[int(i_loc)]
+                since_retreat[gi] += 1
+                if since_retreat[gi] >= grow_after and np.any(step[gi] < eta0):
+                    step[gi] = np.minimum(step[gi] * 2.0, eta0)
+                    since_retreat[gi] = 0
             # ---- momentum coefficients (pwf.md §4 step 8) and adaptive restart
             beta = np.zeros(active.size)
             for i_loc, gi in enumerate(active):
@@ -649,7 +673,7 @@ class PWFModel:
             g_im *= ei
             okx = xp.asarray(ok)[:, None, None, None]
             z_new = psi - (g_re + 1j * g_im).astype(np.complex64)
-            z_new = xp.where(okx, z_new, psi)
+            z_new = xp.where(okx, z_new, psi)          # rejected: stay at the accepted point
             bt = xp.asarray(beta.astype(np.float32))[:, None, None, None]
             psi = z_new + bt * (z_new - z_old)
             z_old = z_new
@@ -698,7 +722,7 @@ class PWFModel:
                 active = active[keep]
                 if active.size:
                     sel = xp.asarray(np.nonzero(keep)[0])
-                    psi, z_old = psi[sel], z_old[sel]
+                    psi, z_old, psi_acc = psi[sel], z_old[sel], psi_acc[sel]
                     if x_prev is not None:
                         x_prev = x_prev[sel]
                     if z_snap is not None:
@@ -829,7 +853,8 @@ class PWFRetriever(Retriever):
         self.parameters["iterations"] = res.iterations[0]
         self.parameters["stop_reason"] = res.stop_reason[0]
         self.parameters["seconds"] = round(time.perf_counter() - t0, 3)
-        return {"phase": res.phase[0], "transmission": res.transmission[0], "residual": res.residual[0]}
+        return {"phase": res.phase[0], "transmission": res.transmission[0], "residual": res.residual[0],
+                "iterations": res.iterations[0], "stop_reason": res.stop_reason[0]}
 
     def retrieve_batch(self, samples) -> list[dict[str, Any]]:
         """Retrieve several projections at once: ``samples (B, P, H, W)`` → list of B output dicts."""
@@ -837,5 +862,6 @@ class PWFRetriever(Retriever):
         if s.ndim != 4 or tuple(s.shape[1:]) != tuple(self.reference.shape):
             raise InputError(f"pwf: batch must be (B, {', '.join(map(str, self.reference.shape))}), got {tuple(s.shape)}")
         res = self.model.solve(s, **self.solve_params)
-        return [{"phase": res.phase[i], "transmission": res.transmission[i], "residual": res.residual[i]}
+        return [{"phase": res.phase[i], "transmission": res.transmission[i], "residual": res.residual[i],
+                 "iterations": res.iterations[i], "stop_reason": res.stop_reason[i]}
                 for i in range(s.shape[0])]
