@@ -30,11 +30,35 @@ def wavelength_from_energy(energy_ev: float) -> float:
     return HC_EV_M / energy_ev
 
 
-def _finite_positive(name: str, value: Any) -> float:
+#: the numeric fields; numbers stored as text (``"17000"``, ``b"0.5"``) are read as numbers
+_NUMERIC = ("energy_ev", "pixel_size_m", "sample_detector_distance_m", "diffuser_detector_distance_m",
+            "source_sample_distance_m", "coherence_length_x_m", "coherence_length_y_m")
+
+
+def _as_number(name: str, value: Any) -> float:
+    """*value* as a float: numbers, 0-d/1-element arrays and numeric text are accepted."""
+    v = value
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        try:
+            v = bytes(v).decode()
+        except UnicodeDecodeError:
+            raise GeometryError(f"geometry: {name} must be a number, got the bytes {bytes(value)!r}") from None
+    if hasattr(v, "shape") and hasattr(v, "reshape"):
+        if int(getattr(v, "size", 0)) != 1:
+            raise GeometryError(f"geometry: {name} must be one number, got an array of shape {tuple(v.shape)}")
+        v = v.reshape(()).item()
+        if isinstance(v, bytes):
+            v = v.decode(errors="replace")
+    if isinstance(v, bool) or v is None:
+        raise GeometryError(f"geometry: {name} must be a number, got {value!r}")
     try:
-        v = float(value)
+        return float(v.strip() if isinstance(v, str) else v)
     except (TypeError, ValueError):
-        raise GeometryError(f"geometry: {name} must be a number, got {value!r}") from None
+        raise GeometryError(f"geometry: {name} must be a number in SI units, got {value!r}") from None
+
+
+def _finite_positive(name: str, value: Any) -> float:
+    v = _as_number(name, value)
     if not math.isfinite(v) or v <= 0:
         raise GeometryError(f"geometry: {name} must be a positive finite number, got {value!r}")
     return v
@@ -72,6 +96,15 @@ class Geometry:
     coherence_length_y_m: float | None = None
 
     def __post_init__(self) -> None:
+        # numbers stored as text (an HDF5 string attribute "17000", bytes, a 1-element array) are
+        # converted once here, so every later use sees a float; non-numeric text is a GeometryError
+        for name in _NUMERIC:
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, _as_number(name, v))
+        pos = self.diffuser_position
+        if isinstance(pos, (bytes, bytearray)):
+            object.__setattr__(self, "diffuser_position", bytes(pos).decode(errors="replace"))
         e = _finite_positive("energy_ev", self.energy_ev)
         if e < 1000:
             raise GeometryError(

@@ -185,6 +185,7 @@ def umpa(
     roi: tuple[int, int, int, int] | None = None,
     chunk_rows: int | None = None,
     fill: bool = True,
+    progress=None,
     _precomputed=None,
 ) -> dict[str, Any]:
     """UMPA speckle matching (Zdora et al. 2017) of a sample stack against a reference stack.
@@ -215,6 +216,8 @@ def umpa(
     chunk_rows : int, optional
         Rows processed at once (bounds memory: the cost volume is ``(2s+1)²·chunk_rows·W`` float32).
         Default: chosen so that the volume stays below about 256 MB.
+    progress : callable(rows_done, rows_total), optional
+        Called after every band of rows (bands are then at most ``max(64, H // 16)`` rows).
     fill : bool
         Fill the ``Nw + max_shift`` border (not computable) from the nearest valid pixel.
 
@@ -261,6 +264,8 @@ def umpa(
     band_halo = halo + (int(window) + 2 if subpixel == "gauss-newton" else 0)
     if chunk_rows is None:
         chunk_rows = max(8, int(256e6 / (4 * (2 * s + 1) ** 2 * W * max(1, N // 4 + 1))))
+        if progress is not None:  # bands small enough for a progress bar with an ETA
+            chunk_rows = min(chunk_rows, max(64, H // 16))
     if step > 1:
         chunk_rows = max(step, (chunk_rows // step) * step)
     Ho = -(-H // step)
@@ -283,6 +288,8 @@ def umpa(
         out["T"][r0:r1] = T[o0:o1]
         out["v"][r0:r1] = v[o0:o1] if df else 1.0
         out["res"][r0:r1] = xp.sqrt(xp.maximum(mis[o0:o1], 0))
+        if progress is not None:
+            progress(y1, H)
     margin = -(-halo // step)
     res = {
         "displacement": xp.stack([out["ux"], out["uy"]]),
@@ -352,6 +359,8 @@ class UMPARetriever(Retriever):
         self.subpixel = subpixel
         self.integrator = integrator
         self.chunk_rows = chunk_rows
+        #: optional callable(rows_done, rows_total) for progress inside one projection (set by the pipeline)
+        self.progress = None
         self.parameters = {
             "window": self.window,
             "window_px": 2 * self.window + 1,
@@ -373,6 +382,7 @@ class UMPARetriever(Retriever):
             df=self.df,
             subpixel=self.subpixel,
             chunk_rows=self.chunk_rows,
+            progress=self.progress,
             _precomputed=self._pre,
         )
         u = r["displacement"]

@@ -146,6 +146,7 @@ def xsvt(
     subpixel: str = "gauss-newton",
     chunk_rows: int | None = None,
     fill: bool = True,
+    progress=None,
     _precomputed=None,
 ) -> dict[str, Any]:
     """XSVT / hybrid XST–XSVT tracking (Berujon & Ziegler 2016) of a sample stack against a reference.
@@ -165,6 +166,8 @@ def xsvt(
         ``S ≈ a + K·I_R(r − u)`` at the rounded shift (:func:`~xspeckle.retrieve.tracking.refine_esm`).
     chunk_rows : int, optional
         Rows processed at once (cost volume ``(2s+1)²·chunk_rows·W`` float32; default ≤ ~256 MB).
+    progress : callable(rows_done, rows_total), optional
+        Called after every band of rows (bands are then at most ``max(64, H // 16)`` rows).
     fill : bool
         Fill the ``template + max_shift`` border from the nearest valid pixel.
 
@@ -196,6 +199,8 @@ def xsvt(
     band_halo = halo + (int(template) + 2 if subpixel == "gauss-newton" else 0)
     if chunk_rows is None:
         chunk_rows = max(8, int(256e6 / (4 * (2 * s + 1) ** 2 * W)))
+        if progress is not None:  # bands small enough for a progress bar with an ETA
+            chunk_rows = min(chunk_rows, max(64, H // 16))
     out = {k: xp.empty((H, W), dtype=np.float32) for k in ("ux", "uy", "T", "v", "rho")}
     for y0, y1, a0, a1 in row_chunks(H, chunk_rows, band_halo):
         res = _band(
@@ -204,6 +209,8 @@ def xsvt(
         )
         for key, val in zip(("ux", "uy", "T", "v", "rho"), res):
             out[key][y0:y1] = val[y0 - a0 : y1 - a0]
+        if progress is not None:
+            progress(y1, H)
     rho = xp.clip(out["rho"], -1, 1)
     result = {
         "displacement": xp.stack([out["ux"], out["uy"]]),
@@ -279,6 +286,8 @@ class XSVTRetriever(Retriever):
         self.subpixel = subpixel
         self.integrator = integrator
         self.chunk_rows = chunk_rows
+        #: optional callable(rows_done, rows_total) for progress inside one projection (set by the pipeline)
+        self.progress = None
         self.parameters = {
             "template": self.template,
             "template_px": 2 * self.template + 1,
@@ -298,6 +307,7 @@ class XSVTRetriever(Retriever):
             max_shift=self.max_shift,
             subpixel=self.subpixel,
             chunk_rows=self.chunk_rows,
+            progress=self.progress,
             _precomputed=self._pre,
         )
         u = r["displacement"]
