@@ -19,14 +19,20 @@ Frankot–Chellappa or Kottler, background = border median (tracking.phase_from_
 Dark field: ``c`` is in px² and ``D_eff = c·p²/d`` (methods.md §0, §1.6); the tensor's off-diagonal
 is ``D_xy = c_xy·p²/(2d)`` because the Fokker–Planck term carries ``2∂_xy(D_xy I)`` (design.md).
 
-Derivatives: first derivatives by the 9-point central stencil (``tracking.fine_gradient``) by default
-— ``np.gradient`` (``derivative="central"``, the peers' choice) underestimates the derivative of
-fine speckle by 10–20 % and scales ``u`` up by the same fraction; second derivatives as in
-``retrieve.derivatives`` (5-point Laplacian, 3-point Hessian, methods.md §0).
+Derivatives: first derivatives by central differences (``np.gradient``, ``derivative="central"``, the
+peers' choice) by default.  Chosen by measurement (benchmarks/results/tracking.md, "LCS defaults"): on
+the smooth-refraction set (``tracking-shift``, |u| ≤ 2 px, N = 10) the 9-point stencil
+(``derivative="fd8"``, exact for infinitesimal shifts) gives a phase slope of 0.89 (LCS-DF), the
+central stencil 0.98-1.00: the 2-point difference is the secant over ±1 px, which is what a 1 px
+speckle shift samples, and it amplifies reference noise less (noise in the design matrix biases the
+least-squares slope towards 0).  Second derivatives as in ``retrieve.derivatives`` (5-point
+Laplacian, 3-point Hessian, methods.md §0).  ``refine`` passes (sample resampled at r + u, same
+matrices) bring the slope to 0.998 at ~30x the per-projection cost of the cubic-spline warp.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -36,6 +42,7 @@ from xspeckle.errors import InputError, ParameterError
 from xspeckle.geometry import Geometry
 from xspeckle.retrieve import derivatives as D
 from xspeckle.retrieve.base import Retriever, as_stack
+from xspeckle.retrieve.mist import _map_rows, _row_chunks
 from xspeckle.retrieve.tracking import fine_gradient, phase_from_displacement, propagation_distance_m, warp
 
 __all__ = ["LCSModel", "lcs", "lcs_df", "lcs_ddf", "LCSRetriever", "LCSDFRetriever", "LCSDDFRetriever"]
@@ -46,12 +53,21 @@ _VARIANTS = {"lcs": 3, "df": 4, "ddf": 6}
 def _columns(ref, variant: str, derivative: str):
     """Design-matrix columns ``(q, K, H, W)`` float32 for a reference stack ``(K, H, W)`` (px units)."""
     xp = B.get_xp(ref)
+    if derivative not in ("fd8", "central"):
+        raise ParameterError(f"lcs: derivative must be 'fd8' or 'central', got {derivative!r}")
+    K, H, W = ref.shape
+    if variant in ("lcs", "df") and _fast_available(xp) and H >= 9 and W >= 9:
+        # numba twin of the NumPy code below (same stencils, same borders), written in place
+        A = np.empty((_VARIANTS[variant], K, H, W), np.float32)
+        fd8 = derivative == "fd8"
+        kern = _kernels()["columns"]
+        _map_rows(lambda y0, y1: kern(ref, A, y0, y1, fd8, variant == "df"),
+                  _row_chunks(H, B.fft_workers(), None), B.fft_workers())
+        return A
     if derivative == "fd8":
         gy, gx = fine_gradient(ref)
-    elif derivative == "central":
-        gy, gx = D.gradient(ref)
     else:
-        raise ParameterError(f"lcs: derivative must be 'fd8' or 'central', got {derivative!r}")
+        gy, gx = D.gradient(ref)
     cols = [ref, -gx, -gy]  # x = [T, T u_x, T u_y] (methods.md §1.5)
     if variant == "df":
         cols.append(D.laplacian(ref))  # + T c ∇²I_R (methods.md §1.6)
@@ -61,8 +77,176 @@ def _columns(ref, variant: str, derivative: str):
     return xp.stack(cols)
 
 
+# --------------------------------------------------------------------------- CPU fast path (numba)
+# Set-up of the per-pixel normal equations on NumPy arrays: two kernels (columns; normal matrix +
+# inverse) run over row chunks by a thread pool, the same pattern as mist.py.  They compute what
+# the NumPy code computes (same stencils and borders; sums in float64), so the NumPy path is their
+# twin (``XSPECKLE_NUMBA=0`` or ``lcs._USE_NUMBA = False``).
+_USE_NUMBA = os.environ.get("XSPECKLE_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
+_KERNELS: dict[str, Any] | None = None
+_FD8 = (4.0 / 5.0, -1.0 / 5.0, 4.0 / 105.0, -1.0 / 280.0)  # tracking.fine_gradient weights (Fornberg 1988)
+
+
+def _nb_columns(ref, A, y0, y1, fd8, with_lap):
+    """A[0] = I_R, A[1] = −∂x I_R, A[2] = −∂y I_R (np.gradient edge_order=2, or the 9-point stencil on an
+    edge-extended image) and, with_lap, A[3] = 5-point ∇²I_R with reflected borders (derivatives.py)."""
+    K, H, W = ref.shape
+    c1 = np.float32(_FD8[0])
+    c2 = np.float32(_FD8[1])
+    c3 = np.float32(_FD8[2])
+    c4 = np.float32(_FD8[3])
+    half = np.float32(0.5)
+    for n in range(K):
+        a = ref[n]
+        for y in range(y0, y1):
+            row = a[y]
+            A[0, n, y] = row
+            if fd8:
+                for x in range(W):
+                    s = np.float32(0.0)
+                    t = np.float32(0.0)
+                    for i in range(1, 5):
+                        c = c1 if i == 1 else (c2 if i == 2 else (c3 if i == 3 else c4))
+                        xp_ = min(x + i, W - 1)
+                        xm = max(x - i, 0)
+                        yp = min(y + i, H - 1)
+                        ym = max(y - i, 0)
+                        s += c * (row[xp_] - row[xm])
+                        t += c * (a[yp, x] - a[ym, x])
+                    A[1, n, y, x] = -s
+                    A[2, n, y, x] = -t
+            else:
+                A[1, n, y, 0] = -(np.float32(-1.5) * row[0] + np.float32(2.0) * row[1] - half * row[2])
+                for x in range(1, W - 1):
+                    A[1, n, y, x] = -((row[x + 1] - row[x - 1]) * half)
+                A[1, n, y, W - 1] = -(np.float32(1.5) * row[W - 1] - np.float32(2.0) * row[W - 2] + half * row[W - 3])
+                if y == 0:
+                    for x in range(W):
+                        A[2, n, y, x] = -(np.float32(-1.5) * a[0, x] + np.float32(2.0) * a[1, x] - half * a[2, x])
+                elif y == H - 1:
+                    for x in range(W):
+                        A[2, n, y, x] = -(np.float32(1.5) * a[H - 1, x] - np.float32(2.0) * a[H - 2, x]
+                                          + half * a[H - 3, x])
+                else:
+                    for x in range(W):
+                        A[2, n, y, x] = -((a[y + 1, x] - a[y - 1, x]) * half)
+            if with_lap:
+                yu = y - 1 if y > 0 else 0
+                yd = y + 1 if y < H - 1 else H - 1
+                for x in range(W):
+                    xl = x - 1 if x > 0 else 0
+                    xr = x + 1 if x < W - 1 else W - 1
+                    A[3, n, y, x] = (a[yu, x] + a[yd, x] + row[xl] + row[xr]) - np.float32(4.0) * row[x]
+    return 0
+
+
+def _nb_diag_sums(A, y0, y1):
+    """Σ over rows y0:y1, positions and x of A[j]² (float64), per column j."""
+    q, K, H, W = A.shape
+    out = np.zeros(q)
+    for j in range(q):
+        acc = 0.0
+        for n in range(K):
+            for y in range(y0, y1):
+                r = A[j, n, y]
+                for x in range(W):
+                    v = np.float64(r[x])
+                    acc += v * v
+        out[j] = acc
+    return out
+
+
+def _nb_inverse(A, lam, out, y0, y1):
+    """out[:, :, y, x] = (AᵀA + diag(lam))⁻¹ per pixel: sums over positions in float64, Gauss–Jordan
+    inverse of the symmetric q×q matrix in float64 (a singular pixel gets zeros, as the 3×3 path)."""
+    q, K, H, W = A.shape
+    acc = np.empty((q, q, W))
+    m = np.empty((q, 2 * q))
+    for y in range(y0, y1):
+        acc[:] = 0.0
+        for n in range(K):
+            for j in range(q):
+                aj = A[j, n, y]
+                for k in range(j, q):
+                    ak = A[k, n, y]
+                    for x in range(W):
+                        acc[j, k, x] += np.float64(aj[x]) * np.float64(ak[x])
+        for x in range(W):
+            for j in range(q):
+                for k in range(q):
+                    m[j, k] = acc[j, k, x] if k >= j else acc[k, j, x]
+                    m[j, q + k] = 1.0 if j == k else 0.0
+                m[j, j] += lam[j]
+            ok = True
+            for c in range(q):
+                piv = c
+                for r in range(c + 1, q):
+                    if abs(m[r, c]) > abs(m[piv, c]):
+                        piv = r
+                if not abs(m[piv, c]) > 1e-300:
+                    ok = False
+                    break
+                if piv != c:
+                    for k in range(2 * q):
+                        tmp = m[c, k]
+                        m[c, k] = m[piv, k]
+                        m[piv, k] = tmp
+                d = 1.0 / m[c, c]
+                for k in range(2 * q):
+                    m[c, k] *= d
+                for r in range(q):
+                    if r != c:
+                        f = m[r, c]
+                        if f != 0.0:
+                            for k in range(2 * q):
+                                m[r, k] -= f * m[c, k]
+            for j in range(q):
+                for k in range(q):
+                    out[j, k, y, x] = np.float32(m[j, q + k]) if ok else np.float32(0.0)
+    return 0
+
+
+def _kernels() -> dict[str, Any]:
+    """The compiled kernels (numba, ``nogil``, disk-cached where possible), or {} without numba."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            import numba
+        except ImportError:
+            _KERNELS = {}
+            return _KERNELS
+        out = {}
+        for name, fn in (("columns", _nb_columns), ("diag", _nb_diag_sums), ("inverse", _nb_inverse)):
+            try:
+                out[name] = numba.njit(nogil=True, cache=True)(fn)
+            except RuntimeError:  # no writable cache location
+                out[name] = numba.njit(nogil=True)(fn)
+        _KERNELS = out
+    return _KERNELS
+
+
+def _fast_available(xp) -> bool:
+    return _USE_NUMBA and xp is np and bool(_kernels())
+
+
 def _normal_inverse(A, alpha: float, chunk_rows: int = 256):
     """``(AᵀA + Λ)⁻¹`` per pixel, ``(q, q, H, W)`` float32, accumulated and inverted in float64."""
+    xp = B.get_xp(A)
+    q, K, H, W = A.shape
+    if _fast_available(xp) and A.flags.c_contiguous:
+        k = _kernels()
+        threads = B.fft_workers()
+        chunks = _row_chunks(H, threads, None)
+        sums = np.sum(_map_rows(lambda y0, y1: k["diag"](A, y0, y1), chunks, threads), axis=0)
+        lam = alpha * np.maximum(sums / (H * W), 1e-30)  # Λ = α·diag(mean diag(AᵀA)), as below
+        out = np.empty((q, q, H, W), np.float32)
+        _map_rows(lambda y0, y1: k["inverse"](A, np.asarray(lam, np.float64), out, y0, y1), chunks, threads)
+        return out, lam
+    return _normal_inverse_xp(A, alpha, chunk_rows)
+
+
+def _normal_inverse_xp(A, alpha: float, chunk_rows: int = 256):
+    """NumPy/CuPy twin of the numba set-up."""
     xp = B.get_xp(A)
     q, K, H, W = A.shape
     Af = A.reshape(q, K, H * W)
@@ -108,15 +292,15 @@ class LCSModel:
     variant : {"lcs", "df", "ddf"}
     alpha : float
         Dimensionless Tikhonov weight (relative to each unknown's mean column energy).
-    derivative : {"fd8", "central"}
-        First-derivative stencil.
+    derivative : {"central", "fd8"}
+        First-derivative stencil (default ``"central"``).
 
     Notes
     -----
     Memory: ``A`` (q·K·H·W) and ``M⁻¹`` (q²·H·W) float32.
     """
 
-    def __init__(self, reference, variant: str = "lcs", *, alpha: float = 1e-6, derivative: str = "fd8"):
+    def __init__(self, reference, variant: str = "lcs", *, alpha: float = 1e-6, derivative: str = "central"):
         if variant not in _VARIANTS:
             raise ParameterError(f"lcs: variant must be one of {tuple(_VARIANTS)}, got {variant!r}")
         if not np.isfinite(alpha) or alpha < 0:
@@ -134,10 +318,11 @@ class LCSModel:
         return self.A.shape[0]
 
     def __call__(self, sample, *, iterations: int = 0, max_shift: float | None = None,
-                 weak_absorption: bool = False) -> dict[str, Any]:
+                 weak_absorption: bool = False, refine: int = 0) -> dict[str, Any]:
         """Per-projection LCS solve (no phase integration): ``transmission``, ``displacement`` (+u, px),
         ``residual`` and, for the DF variants, ``dark_field_px2`` / ``dark_field_tensor_px2``."""
-        return _run(self, sample, iterations=iterations, max_shift=max_shift, weak_absorption=weak_absorption)
+        return _run(self, sample, iterations=iterations, max_shift=max_shift, weak_absorption=weak_absorption,
+                    refine=refine)
 
     def solve(self, sample, A=None, Minv=None, lam=None):
         """Return ``x (q, H, W)`` and the per-pixel RMS residual ``(H, W)`` for ``sample (K, H, W)``.
@@ -166,8 +351,9 @@ class LCSModel:
         return x, xp.sqrt(xp.maximum(r2, 0) / np.float32(K))
 
 
-def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption: bool):
-    """Solve, optionally iterate (re-warp the reference by u and solve for the increment)."""
+def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption: bool, refine: int = 0):
+    """Solve, optionally iterate (re-warp the reference by u and solve for the increment: *iterations*;
+    resample the sample by u and solve with the precomputed matrices: *refine*)."""
     xp = B.get_xp(sample)
     s = as_stack(sample, "sample")
     if s.shape != model.reference.shape:
@@ -196,6 +382,22 @@ def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption
         # the increment is clipped to 1 px per pass: the linearisation is not trusted beyond that
         ux = ux + xp.clip(xp.where(xp.abs(T) > tiny, x[1] / Tsafe, 0), -1, 1).astype(np.float32)
         uy = uy + xp.clip(xp.where(xp.abs(T) > tiny, x[2] / Tsafe, 0), -1, 1).astype(np.float32)
+        extra = [x[j] / Tsafe for j in range(3, model.q)]
+    for _ in range(int(refine)):
+        # Resample the sample onto the reference grid, S(r + u) ≈ T·I_R(r − δ) with δ = u_true − u, and solve
+        # for δ with the SAME precomputed A and (AᵀA + Λ)⁻¹ (inverse-compositional form of the re-linearisation
+        # above, methods.md §1.5 "large shifts"; Baker & Matthews, IJCV 2004): the first-order model's
+        # under-reading of |u| ~ 1 px shifts is removed at the cost of one cubic-spline warp and one solve.
+        if max_shift is not None:
+            ux = xp.clip(ux, -max_shift, max_shift)
+            uy = xp.clip(uy, -max_shift, max_shift)
+        sw = warp(s, -ux, -uy, order=3)
+        x, res = model.solve(sw)
+        T = x[0]
+        ok = xp.abs(T) > tiny
+        Tsafe = xp.where(ok, T, 1.0)
+        ux = ux + xp.clip(xp.where(ok, x[1] / Tsafe, 0), -1, 1).astype(np.float32)
+        uy = uy + xp.clip(xp.where(ok, x[2] / Tsafe, 0), -1, 1).astype(np.float32)
         extra = [x[j] / Tsafe for j in range(3, model.q)]
     if max_shift is not None:
         ux = xp.clip(ux, -max_shift, max_shift)
@@ -255,15 +457,16 @@ def _with_geometry(out: dict, model: LCSModel, geometry: Geometry | None, integr
 
 
 def _function(variant, reference, sample, geometry, alpha, derivative, iterations, max_shift, weak_absorption,
-              integrator):
+              integrator, refine=0):
     model = LCSModel(reference, variant, alpha=alpha, derivative=derivative)
-    out = _run(model, sample, iterations=iterations, max_shift=max_shift, weak_absorption=weak_absorption)
+    out = _run(model, sample, iterations=iterations, max_shift=max_shift, weak_absorption=weak_absorption,
+               refine=refine)
     return _with_geometry(out, model, geometry, integrator)
 
 
-def lcs(*, reference, sample, geometry: Geometry | None = None, alpha: float = 1e-6, derivative: str = "fd8",
+def lcs(*, reference, sample, geometry: Geometry | None = None, alpha: float = 1e-6, derivative: str = "central",
         iterations: int = 0, max_shift: float | None = None, weak_absorption: bool = False,
-        integrator: str = "fc") -> dict[str, Any]:
+        integrator: str = "fc", refine: int = 0) -> dict[str, Any]:
     """LCS (Quénot et al. 2021): transmission and displacement by per-pixel least squares.
 
     Parameters
@@ -274,11 +477,15 @@ def lcs(*, reference, sample, geometry: Geometry | None = None, alpha: float = 1
         When given, ``phase`` (rad) is added.
     alpha : float
         Dimensionless Tikhonov weight (relative to each unknown's mean normal-equation diagonal).
-    derivative : {"fd8", "central"}
-        First-derivative stencil (``"central"`` = ``np.gradient``, as the peers).
+    derivative : {"central", "fd8"}
+        First-derivative stencil: ``"central"`` (default) = ``np.gradient``, as the peers; ``"fd8"`` =
+        9-point stencil (exact for infinitesimal shifts, biased low for |u| ≳ 0.5 px and by noise).
     iterations : int
-        Extra re-linearisations about the current field (warp the reference by u, solve for the
-        increment): for shifts approaching the speckle size.
+        Extra re-linearisations about the current field (warp the reference by u, rebuild the normal
+        equations, solve for the increment): for shifts approaching the speckle size.
+    refine : int
+        Cheaper re-linearisations: resample the sample at ``r + u`` (cubic spline) and solve for the
+        increment with the precomputed matrices (one warp + one solve each).
     max_shift : float, optional
         Clip |u_x|, |u_y| to this many px.
     weak_absorption : bool
@@ -291,29 +498,33 @@ def lcs(*, reference, sample, geometry: Geometry | None = None, alpha: float = 1
     = RMS over positions of the misfit / mean reference intensity; ``phase`` with a geometry.
     """
     return _function("lcs", reference, sample, geometry, alpha, derivative, iterations, max_shift,
-                     weak_absorption, integrator)
+                     weak_absorption, integrator, refine)
 
 
-def lcs_df(*, reference, sample, geometry: Geometry | None = None, alpha: float = 1e-4, derivative: str = "fd8",
-           iterations: int = 0, max_shift: float | None = None, integrator: str = "fc") -> dict[str, Any]:
+def lcs_df(*, reference, sample, geometry: Geometry | None = None, alpha: float = 1e-4, derivative: str = "central",
+           iterations: int = 0, max_shift: float | None = None, integrator: str = "fc",
+           refine: int = 0) -> dict[str, Any]:
     """LCS-DF: LCS plus an isotropic dark-field term ``T c ∇²I_R`` (methods.md §1.6).
 
     Returns the :func:`lcs` keys plus ``dark_field_px2`` (c, px²), ``visibility`` (RMS modelled speckle
     fluctuation with the dark-field term over that of the reference) and, with a geometry,
     ``phase`` and ``diffusion`` = D_eff = c·p²/d in m.
     """
-    return _function("df", reference, sample, geometry, alpha, derivative, iterations, max_shift, False, integrator)
+    return _function("df", reference, sample, geometry, alpha, derivative, iterations, max_shift, False, integrator,
+                     refine)
 
 
-def lcs_ddf(*, reference, sample, geometry: Geometry | None = None, alpha: float = 1e-4, derivative: str = "fd8",
-            iterations: int = 0, max_shift: float | None = None, integrator: str = "fc") -> dict[str, Any]:
+def lcs_ddf(*, reference, sample, geometry: Geometry | None = None, alpha: float = 1e-4, derivative: str = "central",
+            iterations: int = 0, max_shift: float | None = None, integrator: str = "fc",
+           refine: int = 0) -> dict[str, Any]:
     """LCS-DDF: directional dark field ``T(c_xx ∂xx + c_yy ∂yy + c_xy ∂xy) I_R`` (methods.md §1.7).
 
     Returns the :func:`lcs` keys plus ``dark_field_tensor_px2`` (3, H, W) = (c_xx, c_yy, c_xy),
     ``visibility`` and, with a geometry, ``phase``, ``diffusion_tensor`` (3, H, W) = (D_xx, D_yy, D_xy)
     in m (D_xy = c_xy p²/(2d)) and ``diffusion`` = (D_xx + D_yy)/2.
     """
-    return _function("ddf", reference, sample, geometry, alpha, derivative, iterations, max_shift, False, integrator)
+    return _function("ddf", reference, sample, geometry, alpha, derivative, iterations, max_shift, False, integrator,
+                     refine)
 
 
 class LCSRetriever(Retriever):
@@ -325,9 +536,12 @@ class LCSRetriever(Retriever):
     geometry : Geometry (upstream: d = Δ; downstream: d = L2)
     alpha : float
         Dimensionless Tikhonov weight (default 1e-6 for LCS, 1e-4 for -DF/-DDF).
-    derivative : {"fd8", "central"}
+    derivative : {"central", "fd8"}
+        First-derivative stencil (default ``"central"``, chosen by measurement: see the module notes).
     iterations : int
-        Re-linearisations about the current field (default 0).
+        Re-linearisations about the current field, reference re-warped (default 0).
+    refine : int
+        Re-linearisations with the sample resampled at ``r + u`` and the precomputed matrices (default 0).
     max_shift : float, optional
         Clip of |u| in px.
     integrator : {"fc", "kottler"}
@@ -343,13 +557,16 @@ class LCSRetriever(Retriever):
     _variant = "lcs"
     _default_alpha = 1e-6
 
-    def __init__(self, reference, geometry: Geometry, *, alpha: float | None = None, derivative: str = "fd8",
-                 iterations: int = 0, max_shift: float | None = None, integrator: str = "fc"):
+    def __init__(self, reference, geometry: Geometry, *, alpha: float | None = None, derivative: str = "central",
+                 iterations: int = 0, max_shift: float | None = None, integrator: str = "fc", refine: int = 0):
         super().__init__(reference, geometry)
         if integrator not in ("fc", "kottler"):
             raise ParameterError(f"{self.name}: integrator must be 'fc' or 'kottler', got {integrator!r}")
         if int(iterations) != iterations or iterations < 0:
             raise ParameterError(f"{self.name}: iterations must be a non-negative integer, got {iterations!r}")
+        if int(refine) != refine or refine < 0:
+            raise ParameterError(f"{self.name}: refine must be a non-negative integer, got {refine!r}")
+        self.refine = int(refine)
         alpha = self._default_alpha if alpha is None else float(alpha)
         self.model = LCSModel(self.reference, self._variant, alpha=alpha, derivative=derivative)
         self.iterations = int(iterations)
@@ -361,6 +578,7 @@ class LCSRetriever(Retriever):
             "alpha_meaning": "Tikhonov weight relative to each unknown's mean normal-equation diagonal",
             "derivative": derivative,
             "iterations": self.iterations,
+            "refine": self.refine,
             "max_shift": max_shift,
             "integrator": integrator,
             "propagation_distance_m": propagation_distance_m(geometry),
@@ -369,7 +587,8 @@ class LCSRetriever(Retriever):
         }
 
     def _retrieve(self, sample) -> dict[str, Any]:
-        out = _run(self.model, sample, iterations=self.iterations, max_shift=self.max_shift, weak_absorption=False)
+        out = _run(self.model, sample, iterations=self.iterations, max_shift=self.max_shift, weak_absorption=False,
+                   refine=self.refine)
         out = _with_geometry(out, self.model, self.geometry, self.integrator)
         return {k: out[k] for k in self.outputs}
 
