@@ -124,7 +124,12 @@ def _dumps(obj: Any) -> str:
 
 @contextlib.contextmanager
 def _progress(description: str) -> Iterator[Optional[Callable[..., None]]]:
-    """Yield a progress callback ``cb(done, total)`` drawing a rich bar on stderr (TTY only)."""
+    """Yield a progress callback ``cb(done, total)`` drawing a rich bar on stderr (TTY only).
+
+    ``done`` may be fractional (progress inside one long projection); the bar shows whole
+    steps done, the percentage and the estimated time left.  Until the first call the bar
+    says "setting up" (reading the reference, building the method) instead of ``0/None``.
+    """
     if not sys.stderr.isatty() or os.environ.get("XSPECKLE_NO_PROGRESS"):
         yield None
         return
@@ -132,10 +137,12 @@ def _progress(description: str) -> Iterator[Optional[Callable[..., None]]]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     prog = Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[steps]}"),
+        TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
     )
-    task = prog.add_task(description, total=None)
+    task = prog.add_task(f"{description} (setting up)", total=None, steps="")
+    started = [False]
 
     def cb(done=None, total=None, *args: Any, desc: Optional[str] = None, **kw: Any) -> None:
         upd: dict[str, Any] = {}
@@ -143,8 +150,13 @@ def _progress(description: str) -> Iterator[Optional[Callable[..., None]]]:
             upd["total"] = total
         if done is not None:
             upd["completed"] = done
+            t = total if total is not None else prog.tasks[0].total
+            upd["steps"] = f"{int(done)}/{t}" if t is not None else f"{int(done)}"
         if desc is not None or kw.get("description"):
             upd["description"] = desc or kw.get("description")
+        elif not started[0]:
+            upd["description"] = description
+        started[0] = True
         prog.update(task, **upd)
 
     with prog:
@@ -172,6 +184,10 @@ def _check_output(out: Path, overwrite: bool, *inputs: Path) -> Path:
 
 
 def _parse_params(items: List[str]) -> dict:
+    """``--param KEY=VALUE`` items -> dict; VALUE is JSON when it parses, else text.
+
+    A key given twice, an empty value and a non-finite number are user mistakes (one line).
+    """
     params: dict[str, Any] = {}
     for it in items or []:
         if "=" not in it:
@@ -180,10 +196,17 @@ def _parse_params(items: List[str]) -> dict:
         k = k.strip()
         if not k.isidentifier():
             raise ParameterError(f"--param {it!r}: {k!r} is not a valid parameter name")
+        if not v.strip():
+            raise ParameterError(f"--param {it!r}: no value after '='; give e.g. --param {k}=1e-3")
+        if k in params:
+            raise ParameterError(f"--param {k} is given twice ({params[k]!r} and {v!r}); give each parameter once")
         try:
-            params[k] = json.loads(v)
+            value = json.loads(v)
         except ValueError:
-            params[k] = v
+            value = v
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParameterError(f"--param {it!r}: {k} must be a finite number")
+        params[k] = value
     return params
 
 
@@ -266,7 +289,7 @@ def simulate(
 def retrieve(
     scan: Path = typer.Argument(..., metavar="SCAN.h5", help="Input scan file."),
     out: Path = typer.Argument(..., metavar="OUT.h5", help="Output retrieval file."),
-    method: str = typer.Option(..., "--method", help="pwf, mist, mist-directional, lcs, lcs-df, umpa, xsvt, of."),
+    method: str = typer.Option(..., "--method", help="Retrieval method (listed above)."),
     positions: Optional[str] = typer.Option(None, "--positions", help="Diffuser positions to use, e.g. 0,2,5 (default all)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     workers: int = typer.Option(1, "--workers", help="Parallel worker processes (CPU)."),
@@ -285,6 +308,14 @@ def retrieve(
         raise ParameterError(f"--workers {workers}: need at least 1")
     pos = _parse_positions_text(positions)
     params = _parse_params(param)
+    from xspeckle.retrieve import get_method
+    from xspeckle.retrieve.params import check_params
+
+    params = check_params(get_method(method), params)
+    if scheduler is not None:
+        from xspeckle.scheduler import check_scheduler_address
+
+        check_scheduler_address(scheduler, reach=False)  # syntax only here; reached before the work below
     _check_input_file(scan)
     from xspeckle.io.scan import Scan
 
@@ -302,6 +333,7 @@ def retrieve(
             import distributed  # noqa: F401
         except ImportError:
             raise MethodUnavailableError("--scheduler needs dask.distributed; install it with pip install 'xspeckle[dask]'") from None
+        check_scheduler_address(scheduler)  # a closed port fails here in milliseconds, not after 20 s
     fn = _import("xspeckle.pipeline", "retrieve_scan", "xspeckle retrieve (the pipeline)")
     with _progress(f"retrieve {method}") as cb:
         path = fn(scan, out, method=method, positions=pos, device=device, workers=workers, scheduler=scheduler,
@@ -538,6 +570,10 @@ def demo(
 
 
 # --------------------------------------------------------------------------- import
+#: frame files that cannot be imported alone: they carry no geometry (a sidecar lists them)
+_FRAME_SUFFIXES = (".tif", ".tiff", ".edf", ".npy")
+
+
 @app.command("import")
 @_command
 def import_(
@@ -552,6 +588,14 @@ def import_(
         raise ParameterError(f"--compression {compression!r}: use gzip or lzf")
     for s in sources:
         _check_input_file(s)
+    frames = [s for s in sources if s.suffix.lower() in _FRAME_SUFFIXES]
+    if frames:
+        raise ParameterError(
+            f"{frames[0]}: {frames[0].suffix.lstrip('.').upper()} frames need a sidecar that lists them with the "
+            "geometry; write e.g. scan.yaml = {geometry: {energy_ev: 25000, pixel_size_m: 6.5e-6, "
+            "sample_detector_distance_m: 0.7}, reference: 'ref_*.tif', sample: 'smp_*.tif'} and run: "
+            "xspeckle import scan.yaml OUT.h5 (format: docs/import.md)"
+        )
     _check_output(out, overwrite, *sources)
     sidecars = [s for s in sources if s.suffix.lower() in (".yaml", ".yml", ".json")]
     with _progress("import") as cb:
@@ -590,14 +634,83 @@ def _usage_message(e) -> str:
     return f"{msg} (see '{cmd} --help')"
 
 
+def _methods_help() -> str:
+    """The ``--method`` list for ``retrieve --help``, from the registry ``xspeckle.retrieve.METHODS``."""
+    from xspeckle.errors import MethodUnavailableError as _Unavailable
+    from xspeckle.retrieve import METHODS, get_method
+    from xspeckle.retrieve.params import parameter_names
+
+    rows = []
+    for name in METHODS:
+        try:
+            cls = get_method(name)
+        except _Unavailable:
+            rows.append(f"  {name:17s} (not available in this installation)")
+            continue
+        outs = ", ".join(getattr(cls, "outputs", ()) or ())
+        rows.append(f"  {name:17s} >= {int(getattr(cls, 'min_positions', 1))} position(s): {outs}")
+        keys = parameter_names(cls)
+        ktxt = ", ".join(keys) if keys is not None else "its own list (an unknown key prints it)"
+        rows.append(f"  {'':17s} --param keys: {ktxt}")
+    return "Methods (--method):\n\n\b\n" + "\n".join(rows)
+
+
+def _presets_help() -> str:
+    """The preset list for ``simulate --help``, from the registry ``xspeckle.simulate.presets.PRESETS``."""
+    try:
+        from xspeckle.simulate.presets import PRESETS
+    except ImportError:
+        return "Presets: (the simulator is not available in this installation)"
+    rows = []
+    for name, text in PRESETS.items():
+        rows.append(f"  {name}")
+        rows.append(f"      {' '.join(str(text).split())}")
+    return "Presets (PRESET):\n\n\b\n" + "\n".join(rows)
+
+
+def _add_registry_help(cmd, args: List[str]) -> None:
+    """Append the method and preset lists (read from their registries) to the help texts.
+
+    Done only when help is asked for: listing the methods imports every method module.
+    """
+    sub = getattr(cmd, "commands", {})
+    extra = {"retrieve": _methods_help, "simulate": _presets_help}
+    for name, make in extra.items():
+        c = sub.get(name)
+        if c is not None and name in args:
+            c.help = (c.help or "").rstrip() + "\n\n" + make()
+
+
+@contextlib.contextmanager
+def _warnings_summarised() -> Iterator[None]:
+    """Collect Python warnings (numpy overflow, ...) instead of printing each one.
+
+    On success they become ONE stderr line (count, first message, where); when the command
+    fails, its one error line says what to do and the warnings are dropped.  Warnings of
+    worker processes are theirs (not collected).
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    if caught:
+        w = caught[0]
+        where = f"{Path(w.filename).name}:{w.lineno}"
+        more = f" (and {len(caught) - 1} more)" if len(caught) > 1 else ""
+        sys.stderr.write(f"{PROG}: warning: {w.category.__name__}: {' '.join(str(w.message).split())} at {where}{more}\n")
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     """Run the command line with *argv* (default ``sys.argv[1:]``); return the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
         return _fail(f"missing command; run '{PROG} --help' to list the commands")
     cmd = typer.main.get_command(app)
+    if "--help" in args or "-h" in args:
+        _add_registry_help(cmd, args)
     try:
-        rv = cmd.main(args=args, prog_name=PROG, standalone_mode=False)
+        with _warnings_summarised():
+            rv = cmd.main(args=args, prog_name=PROG, standalone_mode=False)
         if rv == 130:  # typer turned a Ctrl-C outside a command body into a silent status 130
             return _fail("interrupted (Ctrl-C); no output was left under the final name", 130)
         return rv if isinstance(rv, int) else 0

@@ -66,8 +66,9 @@ import numpy as np
 
 from xspeckle import backend as B
 from xspeckle._version import __version__
-from xspeckle.errors import InputError, MethodUnavailableError, OutputError, ScanFormatError
+from xspeckle.errors import InputError, MethodUnavailableError, OutputError, ParameterError, ScanFormatError
 from xspeckle.io.atomic import atomic_path, check_output_path
+from xspeckle.retrieve.output_check import check_maps
 from xspeckle.io.results import json_text as _dumps
 
 __all__ = [
@@ -400,14 +401,21 @@ def _resolve_method(method: Any):
 
 
 def _build(method: Any, reference, geometry, params: Mapping[str, Any]):
+    from xspeckle.retrieve.params import check_params
+
     cls = _resolve_method(method)
+    params = check_params(cls, params)  # unknown key (lists the valid ones), wrong kind of value
     try:
         return cls(reference, geometry, **dict(params))
-    except TypeError as exc:
-        # an unknown keyword is a user mistake (one line), not a bug
-        if "unexpected keyword" in str(exc) or "got an unexpected" in str(exc):
-            raise InputError(f"method {getattr(cls, 'name', cls.__name__)!r}: {exc}; check the parameter names") from None
+    except InputError:
         raise
+    except (TypeError, ValueError) as exc:
+        # with user parameters, a value the method cannot use is a user mistake (one line), not a bug
+        if not params:
+            raise
+        name = getattr(cls, "name", "") or cls.__name__
+        given = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        raise ParameterError(f"method {name!r} cannot use {given} ({exc}); check the values") from None
 
 
 def _normalised_reference(scan, positions, device: str, flat, dark):
@@ -470,13 +478,21 @@ def _compute(state: _State, angles: Sequence[int]) -> list[tuple[int, dict[str, 
     del raw
     results = retrieve_batch(state.retriever, norm)
     out = []
-    for a, res in zip(angles, results):
+    for j, (a, res) in enumerate(zip(angles, results)):
+        # NaN/inf, or a flat phase from a non-flat sample: a parameter out of range (one line, nothing written)
+        check_maps({k: v for k, v in res.items() if k not in _DIAG_KEYS}, method=_method_label(state.spec.method),
+                   angle=int(a), params=json.loads(state.spec.params_json), sample=norm[j],
+                   reference=getattr(state.retriever, "reference", None))
         maps = {k: np.ascontiguousarray(B.asnumpy(v), dtype=np.float32) for k, v in res.items() if k not in _DIAG_KEYS}
         diag = _diagnostics(res)
         if diag:
             maps["_diag"] = diag
         out.append((int(a), maps))
     return out
+
+
+def _method_label(method: Any) -> str:
+    return method if isinstance(method, str) else (getattr(method, "name", "") or getattr(method, "__name__", "method"))
 
 
 def _diagnostics(res: Mapping[str, Any]) -> dict[str, Any]:
@@ -890,6 +906,45 @@ class _PartialWriter:
 
 
 # =========================================================================== engines
+#: seconds between two progress reports from inside one projection
+INNER_PROGRESS_S = 0.2
+
+
+@contextlib.contextmanager
+def _inner_progress(retriever, within: Callable[[float], None] | None, n_angles: int):
+    """Connect a retriever's own progress hook to *within* (angles done in this task, fractional).
+
+    PWF takes ``progress(iteration, max_iter)`` through its ``solve_params``; UMPA and XSVT
+    have a ``progress(rows_done, rows_total)`` attribute.  Other retrievers: nothing to do.
+    """
+    if within is None or retriever is None:
+        yield
+        return
+    last = [0.0]
+
+    def hook(done, total) -> None:
+        now = time.monotonic()
+        if total and now - last[0] >= INNER_PROGRESS_S:
+            last[0] = now
+            within(n_angles * min(1.0, float(done) / float(total)))
+
+    solve = getattr(retriever, "solve_params", None)
+    if isinstance(solve, dict):
+        solve["progress"] = hook
+    elif hasattr(retriever, "progress"):
+        retriever.progress = hook
+    else:
+        yield
+        return
+    try:
+        yield
+    finally:
+        if isinstance(solve, dict):
+            solve.pop("progress", None)
+        else:
+            retriever.progress = None
+
+
 class _Serial:
     """Every angle in this process (the state built for the memory plan is used as is)."""
 
@@ -898,6 +953,9 @@ class _Serial:
     def __init__(self, state: _State):
         self.state = state
         self.tasks = 0
+        #: callable(fraction_of_the_current_task) fed by the retriever's own progress (PWF iterations,
+        #: UMPA/XSVT rows), so that a single long projection shows progress; set by retrieve_scan
+        self.within: Callable[[float], None] | None = None
 
     def run(self, todo: Sequence[int], on_result, plan: MemoryPlan) -> None:
         batcher = _Batcher(todo, plan.batch)
@@ -905,7 +963,9 @@ class _Serial:
             angles = batcher.take()
             if not angles:
                 break
-            for a, maps in _compute(self.state, angles):
+            with _inner_progress(self.state.retriever, self.within, len(angles)):
+                results = _compute(self.state, angles)
+            for a, maps in results:
                 on_result(a, maps)
         self.tasks = batcher.tasks
 
@@ -1029,15 +1089,22 @@ class _Dask:
             raise MethodUnavailableError(
                 "--scheduler needs Dask distributed; install it with 'pip install xspeckle[dask]'"
             ) from None
+        from xspeckle.scheduler import CONNECT_TIMEOUT_S, NO_WORKER_TIMEOUT_S, check_scheduler_address
+
         self.spec = spec
         self._own = False
         self.tasks = 0
+        self.log: Callable[[str], None] | None = None  # set by retrieve_scan
+        self.no_worker_timeout_s = NO_WORKER_TIMEOUT_S
+        self.address = scheduler if isinstance(scheduler, str) else getattr(getattr(scheduler, "scheduler", None),
+                                                                               "address", None)
         if isinstance(scheduler, Client):
             self.client = scheduler
         else:
+            check_scheduler_address(str(scheduler))  # malformed or closed: one line within seconds
             try:
-                self.client = Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError) as exc:
+                self.client = Client(scheduler, timeout=f"{4 * CONNECT_TIMEOUT_S:g}s")
+            except (OSError, TimeoutError, ValueError) as exc:
                 raise InputError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); check the address") from None
             self._own = True
 
@@ -1052,8 +1119,6 @@ class _Dask:
         return max(1, len(self._workers()))
 
     def run(self, todo: Sequence[int], on_result, plan: MemoryPlan) -> None:
-        from distributed import as_completed
-
         workers = self._workers()
         # threads of all workers that share a host (address "tcp://host:port")
         per_host: dict[str, int] = {}
@@ -1070,28 +1135,88 @@ class _Dask:
                 b_max = int(max(1, min(b_max, (lim // 4 - plan.fixed) // max(1, plan.per_angle))))
         batcher = _Batcher(todo, b_max, adaptive=plan.adaptive, n_workers=max(1, len(workers)))
         pid = os.getpid()
-        ac = as_completed()
+        pending: set = set()
 
         def submit() -> bool:
             angles = batcher.take()
             if not angles:
                 return False
-            ac.add(self.client.submit(_dask_task, self.spec, angles, host_threads, pid, pure=False))
+            pending.add(self.client.submit(_dask_task, self.spec, angles, host_threads, pid, pure=False))
             return True
 
         try:
             for _ in range(plan.in_flight):
                 if not submit():
                     break
-            for fut in ac:
-                res, seconds = fut.result()
-                fut.release()
-                batcher.observe(len(res), seconds)
-                submit()
-                for a, maps in res:
-                    on_result(a, maps)
+            no_worker_since: float | None = None
+            while pending:
+                done = self._wait(pending)
+                if not done:  # nothing finished for a while: are there still workers?
+                    no_worker_since = self._check_workers(no_worker_since, pending)
+                    continue
+                no_worker_since = None
+                for fut in done:
+                    pending.discard(fut)
+                    res, seconds = self._result(fut)
+                    fut.release()
+                    batcher.observe(len(res), seconds)
+                    submit()
+                    for a, maps in res:
+                        on_result(a, maps)
         finally:
             self.tasks = batcher.tasks
+
+    #: seconds between checks of the scheduler's worker list while no task finishes
+    POLL_S = 2.0
+
+    def _wait(self, pending: set) -> set:
+        from distributed import wait
+
+        try:
+            return set(wait(list(pending), timeout=self.POLL_S, return_when="FIRST_COMPLETED").done)
+        except TimeoutError:
+            return set()
+
+    def _check_workers(self, since: float | None, pending: set) -> float | None:
+        """Fail when the cluster has had no worker for :attr:`no_worker_timeout_s` (a run never waits silently)."""
+        try:
+            n = len(self.client.scheduler_info()["workers"])
+        except Exception as exc:  # the scheduler itself is gone
+            raise InputError(f"lost the Dask scheduler at {self.address!r} ({type(exc).__name__}); restart it and run "
+                             "the same command again: finished angles are kept") from None
+        if n:
+            return None
+        now = time.monotonic()
+        if since is None:
+            if self.log is not None:
+                self.log(f"no Dask worker is connected to {self.address}; waiting up to "
+                         f"{self.no_worker_timeout_s:g} s for one")
+            return now
+        if now - since >= self.no_worker_timeout_s:
+            with contextlib.suppress(Exception):
+                self.client.cancel(list(pending))
+            raise InputError(
+                f"no Dask worker connected to the scheduler at {self.address} for {self.no_worker_timeout_s:g} s "
+                "(all workers died or were stopped); start workers (dask worker ADDRESS) and run the same command "
+                "again: finished angles are kept")
+        return since
+
+    def _result(self, fut):
+        from concurrent.futures import CancelledError
+
+        try:
+            return fut.result()
+        except InputError:
+            raise
+        except CancelledError:
+            raise InputError(f"the Dask scheduler at {self.address} cancelled the work (it restarted or lost this "
+                             "client); run the same command again: finished angles are kept") from None
+        except Exception as exc:
+            if type(exc).__name__ == "KilledWorker":
+                raise InputError(f"Dask workers died while computing (killed, or out of memory: {exc}); give the "
+                                 "workers more memory or use fewer threads each, and run the same command again: "
+                                 "finished angles are kept") from None
+            raise
 
     def close(self, kill: bool = False) -> None:
         if self._own:
@@ -1155,7 +1280,9 @@ def retrieve_scan(
         Replace an existing output (it stays untouched until the new one is complete).
     progress : callable(done, total), optional
         Called with angles done so far (resumed ones included) and the total A: once at
-        the start, then after every written angle.
+        the start, then after every written angle.  With the serial engine, methods that
+        report their own progress (PWF iterations, UMPA/XSVT rows) also give fractional
+        ``done`` values (at most every 0.2 s) while one projection is computed.
     memory_limit_bytes : int, optional
         Bound on the arrays held by the run (all local processes together); default half
         the available RAM.  Workers, angles per task and tasks in flight are chosen from it.
@@ -1258,6 +1385,7 @@ def retrieve_scan(
         # ---- engine and memory plan
         if scheduler is not None and device == "cpu":
             pool = _Dask(spec, scheduler)
+            pool.log = say
             n_req = pool.n_workers
         else:
             n_req = n_local
@@ -1289,6 +1417,8 @@ def retrieve_scan(
         t_results: list[float] = []
         if progress is not None:
             progress(done_count[0], total)
+            if isinstance(pool, _Serial):  # fractional angles from inside a long projection (PWF, UMPA, XSVT)
+                pool.within = lambda frac: progress(done_count[0] + frac, total)
 
         def on_result(angle: int, maps: Mapping[str, np.ndarray]) -> None:
             nonlocal writer

@@ -691,6 +691,15 @@ def _calibrate_tensor(tensor, curve):
     return xp.stack([l1 * c * c + l2 * s * s, l1 * s * s + l2 * c * c, (l1 - l2) * c * s]).astype(np.float32)
 
 
+def _check_border_px(border_px, H: int, W: int) -> int:
+    """``border_px`` (the band whose median phase is set to 0) must lie in 1 .. max(8, min(H, W) // 2)."""
+    hi = max(8, min(H, W) // 2)
+    if not (isinstance(border_px, (int, float)) and float(border_px).is_integer() and 1 <= border_px <= hi):
+        raise ParameterError(f"mist: border_px={border_px!r} must be a whole number of pixels in 1..{hi} "
+                             f"(half the {H}x{W} frame at most)")
+    return int(border_px)
+
+
 def _phase_from_laplacian(lap_phi, geometry: Geometry, epsilon_per_m2: float | None, border_px: int, filt=None):
     """φ from ∇²φ by the inverse Laplacian, background by the border median; *filt* (optional) is the
     precomputed :func:`_inverse_laplacian_filter` for this shape and ε."""
@@ -789,7 +798,7 @@ class MISTRetriever(Retriever):
             raise ParameterError(f"alpha must be finite and >= 0, got {alpha!r}")
         self.model = model
         self.gamma = None if gamma is None else float(gamma)
-        self.border_px = int(border_px)
+        self.border_px = _check_border_px(border_px, H, W)
         self.block_rows = block_rows
         p = geometry.pixel_size_m
         delta = geometry.sample_detector_distance_m
@@ -1146,7 +1155,7 @@ class DirectionalMISTRetriever(Retriever):
         self.alpha = float(alpha)
         self._lsq = _PixelLSQ(cols, self.alpha, block_rows)
         self.epsilon_per_m2 = None if epsilon_per_m2 is None else float(epsilon_per_m2)
-        self.border_px = int(border_px)
+        self.border_px = _check_border_px(border_px, *self.reference.shape[-2:])
         self._p = geometry.pixel_size_m
         self._delta = geometry.sample_detector_distance_m
         self._k = geometry.wavenumber_per_m
