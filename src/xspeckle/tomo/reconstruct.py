@@ -30,6 +30,7 @@ from xspeckle.tomo.convert import (
     remove_background_quadratic,
 )
 from xspeckle.tomo.fbp import FILTERS
+from xspeckle.tomo.rings import RING_METHODS, remove_rings
 
 __all__ = ["reconstruct_file", "VOLUME_UNITS"]
 
@@ -48,6 +49,8 @@ def reconstruct_file(
     filter: str = "ramlak",
     background: str | None = "quadratic",
     method: str = "gridrec",
+    rings: str | None = None,
+    ring_params: dict | None = None,
 ) -> Path:
     """Reconstruct the volumes of a retrieval file.
 
@@ -76,6 +79,11 @@ def reconstruct_file(
         Subtract a 2-D quadratic fitted to each slice's background (delta and beta; seed 000 Methods).
     method : {"gridrec", "backproject", "astra"}
         FBP algorithm (:func:`xspeckle.tomo.fbp.fbp`).
+    rings : {"sorting", "filtering", "fitting", "wavelet-fft", "all", "gain"}, optional
+        Remove sinogram stripes (rings) from every map's sinogram before FBP
+        (:func:`xspeckle.tomo.rings.remove_rings`); None (default) leaves them.
+    ring_params : dict, optional
+        Parameters of the ring filter (e.g. ``{"size": 31}``).
 
     Returns
     -------
@@ -86,6 +94,9 @@ def reconstruct_file(
         raise ParameterError(f"tomo: unknown filter {filter!r}; use one of {', '.join(FILTERS)}")
     if background not in ("quadratic", None):
         raise ParameterError(f"tomo: background must be 'quadratic' or None, got {background!r}")
+    if rings is not None and rings not in RING_METHODS:
+        raise ParameterError(f"tomo: unknown ring filter {rings!r}; use one of {', '.join(RING_METHODS)}")
+    ring_params = dict(ring_params or {})
     if int(slab_rows) < 1:
         raise ParameterError("tomo: slab_rows must be at least 1")
     check_output_path(out_path, overwrite=overwrite)
@@ -141,7 +152,7 @@ def reconstruct_file(
                 f.attrs["center_refinement"] = center_refinement
                 f.attrs["parameters"] = json.dumps(
                     {"filter": filter, "background": background, "method": method, "center_px": float(center),
-                     "slab_rows": int(slab_rows)}
+                     "slab_rows": int(slab_rows), "rings": rings, "ring_params": ring_params}
                 )
                 g = f.create_group("volume")
                 g.attrs["voxel_size_m"] = float(p)
@@ -160,6 +171,8 @@ def reconstruct_file(
                     rows = slice(r0, min(H, r0 + int(slab_rows)))
                     for v, src in todo.items():
                         sino = np.ascontiguousarray(np.moveaxis(r.read(src, rows=rows), 1, 0))  # (rows, A, W)
+                        if rings is not None:
+                            sino = remove_rings(sino, rings, **ring_params)
                         if v == "delta":
                             vol = delta_from_phase(sino, theta, wavenumber_per_m=k, voxel_size_m=p, **fkw)
                         elif v == "beta":
