@@ -41,23 +41,24 @@ def test_sign_known_shift():
     # I_S(r) = T I_R(r - u), u = (+0.3, -0.2) px -> displacement +u (design.md), transmission T
     ref = speckle(12, 64, 64)
     sam = 0.8 * fourier_shift(ref, 0.3, -0.2)
-    out = lcs(reference=ref, sample=sam, derivative="fd8")  # 9-point stencil: exact for small shifts
+    out = lcs(reference=ref, sample=sam, derivative="fd8", refine=0)  # 9-point stencil: exact for small shifts
     ux, uy = np.median(out["displacement"][0]), np.median(out["displacement"][1])
     assert abs(ux - 0.3) < 0.01 and abs(uy + 0.2) < 0.01, (ux, uy)
     assert abs(np.median(out["transmission"]) - 0.8) < 0.005
     # the default central stencil over-reads small shifts of fine speckle (gain k/sin k; measured +10 %);
-    # one refine pass (sample resampled at r + u, same matrices) removes it
+    # the default two refine passes (sample resampled at r + u, same matrices) remove it
+    d = lcs(reference=ref, sample=sam, refine=0)["displacement"]
+    assert 0.3 * 1.05 < np.median(d[0]) < 0.3 * 1.15, np.median(d[0])
     d = lcs(reference=ref, sample=sam)["displacement"]
-    assert 0.3 < np.median(d[0]) < 0.3 * 1.15, np.median(d[0])
-    d = lcs(reference=ref, sample=sam, refine=1)["displacement"]
     assert abs(np.median(d[0]) - 0.3) < 0.01 and abs(np.median(d[1]) + 0.2) < 0.01, np.median(d, axis=(1, 2))
     # the linearisation under-reads a 1 px shift; re-linearising (iterations) fixes it
     sam1 = fourier_shift(ref, 1.0, 0.0)
-    one = np.median(lcs(reference=ref, sample=sam1, derivative="fd8")["displacement"][0])
-    it = np.median(lcs(reference=ref, sample=sam1, derivative="fd8", iterations=2)["displacement"][0])
+    one = np.median(lcs(reference=ref, sample=sam1, derivative="fd8", refine=0)["displacement"][0])
+    it = np.median(lcs(reference=ref, sample=sam1, derivative="fd8", iterations=2, refine=0)["displacement"][0])
     assert abs(it - 1.0) < 0.01 < abs(one - 1.0), (one, it)
     # the central stencil is the secant over +-1 px: a 1 px shift is read right without iterating
-    assert abs(np.median(lcs(reference=ref, sample=sam1)["displacement"][0]) - 1.0) < 0.015
+    assert abs(np.median(lcs(reference=ref, sample=sam1, refine=0)["displacement"][0]) - 1.0) < 0.015
+    assert abs(np.median(lcs(reference=ref, sample=sam1)["displacement"][0]) - 1.0) < 0.005  # default refine=2
 
 
 def test_alpha_is_scale_free():
@@ -66,7 +67,7 @@ def test_alpha_is_scale_free():
     sam = fourier_shift(ref, 0.4, 0.1)
     a = lcs(reference=ref, sample=sam, alpha=1e-2)["displacement"]
     b = lcs(reference=1000 * ref, sample=1000 * sam, alpha=1e-2)["displacement"]
-    np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(a, b, atol=5e-4)  # float32 rounding through the refine warps
 
 
 def test_pwf_beads_phase():
@@ -195,9 +196,82 @@ def test_agrees_with_mbipy_lcs():
         pytest.skip("mbipy not installed (pip install xspeckle[bench])")
     ref = speckle(8, 48, 56)
     sam = 0.9 * fourier_shift(ref, 0.3, -0.25)
-    ours = lcs(reference=ref, sample=sam, derivative="central", alpha=0.0)
+    ours = lcs(reference=ref, sample=sam, derivative="central", alpha=0.0, refine=0)
     theirs = mb_lcs(np.moveaxis(sam, 0, -1), np.moveaxis(ref, 0, -1))
     i = (slice(1, -1), slice(1, -1))  # border rows differ: np.gradient edge_order 1 (mbipy) vs 2 (ours)
     np.testing.assert_allclose(ours["displacement"][0][i], theirs.phase_gx[i], atol=2e-4)  # phase_gx = +u_x px
     np.testing.assert_allclose(ours["displacement"][1][i], theirs.phase_gy[i], atol=2e-4)
     np.testing.assert_allclose(ours["transmission"][i], theirs.transmission[i], atol=2e-4)
+
+
+def _peer_lcs_df():
+    """(mbipy lcs_df, lcs-retrieval lcs_df) or skip."""
+    try:
+        import importlib.util  # noqa: F401  (mbipy 0.1.0 needs it imported first)
+
+        from lcs.api import lcs_df as lr_df
+        from mbipy.src.phase_retrieval.implicit import lcs_df as mb_df
+    except Exception:
+        pytest.skip("mbipy / lcs-retrieval not installed (pip install xspeckle[test])")
+    return mb_df, lr_df
+
+
+def test_df_default_slope_smooth_refraction_vs_peers():
+    # issue 14: LCS-DF's default phase slope within 2 % of 1 on smooth refraction data (|u| <= 2 px), and at
+    # least as close to the truth as the peers (mbipy, lcs-retrieval) on the same input
+    simulate = pytest.importorskip("xspeckle.simulate")
+    mb_df, lr_df = _peer_lcs_df()
+    n = 160
+    sc = simulate.make_preset("tracking-shift", size=n, seed=0, positions=10)
+    ref, dat = sc.normalised()
+    sam = dat[:, 0]
+    i = (slice(12, n - 12), slice(12, n - 12))
+    tu = sc.truth["displacement"][:, 0][(slice(None), *i)]
+    tp = sc.truth["phase"][0][i]
+
+    def slope(a, b):
+        a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+        return float(a @ b / (b @ b))
+
+    out = LCSDFRetriever(ref, sc.geometry)(sam)
+    s_phase = slope(out["phase"][i], tp)
+    s_u = slope(out["displacement"][(slice(None), *i)], tu)
+    assert abs(s_phase - 1) < 0.02 and abs(s_u - 1) < 0.02, (s_phase, s_u)  # measured 0.996, 0.995
+    R, S = np.moveaxis(ref, 0, -1).copy(), np.moveaxis(sam, 0, -1).copy()
+    mb = mb_df(S, R)
+    s_mb = slope(np.stack([np.asarray(mb.phase_gx), np.asarray(mb.phase_gy)])[(slice(None), *i)], tu)
+    lr = lr_df(R, S, win_size=1, alpha=1e-5)  # [T, dy, dx, DF]
+    s_lr = slope(np.stack([lr[..., 2], lr[..., 1]])[(slice(None), *i)], tu)
+    assert abs(s_u - 1) < abs(s_mb - 1) and abs(s_u - 1) < abs(s_lr - 1), (s_u, s_mb, s_lr)  # peers 0.95
+    # without refinement our solve is theirs (same stencil): the gain is the refinement, not the stencil
+    plain = lcs_df(reference=ref, sample=sam, refine=0)["displacement"][(slice(None), *i)]
+    assert abs(slope(plain, tu) - s_mb) < 0.01, (slope(plain, tu), s_mb)
+    # the 9-point stencil is worse without refinement (measured 0.87): why the default is central
+    fd8 = lcs_df(reference=ref, sample=sam, refine=0, derivative="fd8")["displacement"][(slice(None), *i)]
+    assert slope(fd8, tu) < slope(plain, tu) - 0.03
+
+
+@pytest.mark.parametrize("variant", ["lcs", "df"])
+@pytest.mark.parametrize("derivative", ["central", "fd8"])
+def test_numba_setup_matches_numpy_twin(variant, derivative, monkeypatch):
+    import xspeckle.retrieve.lcs as L
+
+    if not L._kernels():
+        pytest.skip("numba not installed")
+    ref = speckle(5, 37, 29, seed=3)
+    A = L._columns(ref, variant, derivative)
+    M, lam = L._normal_inverse(A, 1e-4)
+    w = L.warp_cubic(ref, 1.3 * ref[0] - 1.3, 0.7 - ref[1])
+    monkeypatch.setattr(L, "_USE_NUMBA", False)
+    A2 = L._columns(ref, variant, derivative)
+    M2, lam2 = L._normal_inverse(A2, 1e-4)
+    w2 = L.warp_cubic(ref, 1.3 * ref[0] - 1.3, 0.7 - ref[1])
+    np.testing.assert_allclose(A, A2, atol=1e-6)
+    np.testing.assert_allclose(M, M2, rtol=1e-4, atol=1e-6 * np.abs(M2).max())
+    np.testing.assert_allclose(lam, lam2, rtol=1e-6)
+    np.testing.assert_allclose(w, w2, atol=1e-6)
+    # the warp is scipy's cubic spline (mirror) at clamped coordinates
+    yy = np.clip(np.arange(37)[:, None] - (0.7 - ref[1]), 0, 36)
+    xx = np.clip(np.arange(29)[None, :] - (1.3 * ref[0] - 1.3), 0, 28)
+    ref_w = np.stack([ndi.map_coordinates(f, [yy, xx], order=3, mode="mirror") for f in ref])
+    np.testing.assert_allclose(w, ref_w, atol=1e-5)
