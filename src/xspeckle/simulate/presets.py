@@ -52,6 +52,10 @@ PRESETS: dict[str, str] = {
     "2 positions, delta/beta volumes (Z, Y, X; y up as tomo.fbp) as truth",
     "tracking-shift": "upstream, smooth weak-absorbing phase object whose refraction shifts the speckle by up "
     "to 2 px (truth displacement), 16 positions, 1 angle",
+    "indep-beads": "independent simulator (simulate/independent.py: exact propagation, 4-layer alumina diffuser, "
+    "2 % bandwidth, 2x grid binned), PWF geometry, glass beads on a wooden stick, 12 positions, 1 angle",
+    "indep-upstream": "independent simulator, MIST geometry (17 keV, 5.8 um px), thick diffuser upstream of a "
+    "water berry with glass beads, 10 positions, 1 angle",
 }
 
 
@@ -510,12 +514,26 @@ def _tracking_shift(*, seed, size, angles, positions, noise=True, photons=None):
     return _upstream_run("tracking-shift", (H, W), np.zeros(A), P, seed, noise, c, sample_fn, truth_fn, photons)
 
 
+def _independent(geometry: str) -> Callable[..., SimulatedScan]:
+    """Builder for the independent simulator's presets (imported lazily: it shares no code with this module)."""
+
+    def build(*, seed, size, angles, positions, noise=True, photons=None):
+        from xspeckle.simulate.independent import simulate_independent
+
+        _check_count("angles", angles, 1, hi=1)
+        return simulate_independent(geometry, 256 if size is None else size, positions, seed, noise=noise, photons=photons)
+
+    return build
+
+
 _BUILDERS: dict[str, Callable[..., SimulatedScan]] = {
     "pwf-beads": _pwf_beads,
     "mist-berry": _mist_berry,
     "mist-fibres": _mist_fibres,
     "tomo-beads": _tomo_beads,
     "tracking-shift": _tracking_shift,
+    "indep-beads": _independent("downstream"),
+    "indep-upstream": _independent("upstream"),
 }
 
 
