@@ -115,3 +115,21 @@ def test_reconstruct_file_rings(tmp_path, case):
     np.testing.assert_allclose(d1[0], d1[1], rtol=1e-5, atol=1e-9)
     with pytest.raises(ParameterError, match="ring filter"):
         reconstruct_file(ret, tmp_path / "v2.h5", rings="bogus")
+
+
+def test_cli_tomo_rings(tmp_path, capsys):
+    from xspeckle.cli import run
+    from xspeckle.io.results import write_retrieval
+
+    geo = Geometry(energy_ev=20000.0, pixel_size_m=1e-6, sample_detector_distance_m=0.5)
+    th = np.linspace(0.0, 180.0, 60, endpoint=False)
+    sino = (PHASE_PER_PX * radon_ellipses(OBJ, th, 64)).astype(np.float32)
+    ret = write_retrieval(tmp_path / "r.h5", {"phase": sino[:, None, :]}, method="x", parameters={}, geometry=geo,
+                          theta_deg=th)
+    assert run(["tomo", str(ret), str(tmp_path / "v.h5"), "--center", "31.5", "--rings", "sorting"]) == 0
+    with h5py.File(tmp_path / "v.h5") as f:
+        assert '"rings": "sorting"' in f.attrs["parameters"]
+    capsys.readouterr()
+    assert run(["tomo", str(ret), str(tmp_path / "w.h5"), "--rings", "bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ring filter" in err[0]

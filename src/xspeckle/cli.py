@@ -379,6 +379,10 @@ def tomo(
     retrieval: Path = typer.Argument(..., metavar="RETRIEVAL.h5", help="Retrieval file (xspeckle retrieve output)."),
     out: Path = typer.Argument(..., metavar="OUT.h5", help="Output volume file."),
     center: Optional[float] = typer.Option(None, "--center", help="Rotation centre in pixels (default: found automatically)."),
+    rings: Optional[str] = typer.Option(
+        None, "--rings", metavar="METHOD",
+        help="Remove sinogram stripes (rings) before FBP: gain (column gain errors of phase/D_eff), sorting, "
+             "filtering, fitting, wavelet-fft, all (Vo et al. 2018 / Muench et al. 2009 via algotom)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Reconstruct delta, beta (and diffusion) volumes by filtered back-projection."""
@@ -396,8 +400,27 @@ def tomo(
     _check_output(out, overwrite, retrieval)
     fn = _import("xspeckle.tomo.reconstruct", "reconstruct_file", "xspeckle tomo")
     with _progress("tomo") as cb:
-        path = fn(retrieval, out, center_px=center, overwrite=overwrite, progress=cb)
+        path = fn(retrieval, out, center_px=center, overwrite=overwrite, progress=cb, rings=rings)
     _out(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- export
+@app.command()
+@_command
+def export(
+    file: Path = typer.Argument(..., metavar="FILE.h5", help="Volume (xspeckle tomo) or retrieval (xspeckle retrieve) file."),
+    outdir: Path = typer.Argument(..., metavar="OUTDIR", help="Output folder for the TIFF files and their JSON."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset to export (default delta, or phase for a retrieval)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (exact) or uint16 (scale and offset in the JSON)."),
+    multipage: bool = typer.Option(False, "--multipage", help="One multi-page TIFF instead of one file per slice."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Write TIFF slices with the pixel size in their resolution tags, for ImageJ/Fiji, Avizo, Dragonfly, napari."""
+    _check_input_file(file)
+    fn = _import("xspeckle.io.export", "export_file", "xspeckle export")
+    with _progress("export") as cb:
+        info = fn(file, outdir, dataset=dataset, dtype=dtype, multipage=multipage, overwrite=overwrite, progress=cb)
+    _out(f"wrote {len(info['files'])} TIFF file(s) of {info['dataset']} and {info['dataset'].split('/')[-1]}.json to {outdir}")
 
 
 # --------------------------------------------------------------------------- fsc
