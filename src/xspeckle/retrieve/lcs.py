@@ -54,6 +54,7 @@ from xspeckle.retrieve.tracking import _ndimage, fine_gradient, phase_from_displ
 __all__ = ["LCSModel", "lcs", "lcs_df", "lcs_ddf", "LCSRetriever", "LCSDFRetriever", "LCSDDFRetriever"]
 
 _VARIANTS = {"lcs": 3, "df": 4, "ddf": 6}
+_REFINE_MAX_PX = 3.0  # refine passes start only from first estimates |u_x|, |u_y| <= this (px)
 
 
 def _columns(ref, variant: str, derivative: str):
@@ -484,6 +485,9 @@ def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption
         ux = ux + xp.clip(xp.where(xp.abs(T) > tiny, x[1] / Tsafe, 0), -1, 1).astype(np.float32)
         uy = uy + xp.clip(xp.where(xp.abs(T) > tiny, x[2] / Tsafe, 0), -1, 1).astype(np.float32)
         extra = [x[j] / Tsafe for j in range(3, model.q)]
+    # pixels whose first estimate is far beyond the linearisation's reach (|u| > _REFINE_MAX_PX, e.g. T ≈ 0
+    # or no speckle) keep it: resampling from there is meaningless and only amplifies rounding
+    trust = (xp.abs(ux) <= _REFINE_MAX_PX) & (xp.abs(uy) <= _REFINE_MAX_PX) if refine else None
     for _ in range(int(refine)):
         # Resample the sample onto the reference grid, S(r + u) ≈ T·I_R(r − δ) with δ = u_true − u, and solve
         # for δ with the SAME precomputed A and (AᵀA + Λ)⁻¹ (inverse-compositional form of the re-linearisation
@@ -493,13 +497,14 @@ def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption
             ux = xp.clip(ux, -max_shift, max_shift)
             uy = xp.clip(uy, -max_shift, max_shift)
         sw = warp_cubic(s, -ux, -uy)
-        x, res = model.solve(sw)
-        T = x[0]
-        ok = xp.abs(T) > tiny
-        Tsafe = xp.where(ok, T, 1.0)
-        ux = ux + xp.clip(xp.where(ok, x[1] / Tsafe, 0), -1, 1).astype(np.float32)
-        uy = uy + xp.clip(xp.where(ok, x[2] / Tsafe, 0), -1, 1).astype(np.float32)
-        extra = [x[j] / Tsafe for j in range(3, model.q)]
+        x, res_new = model.solve(sw)
+        ok = trust & (xp.abs(x[0]) > tiny)
+        Tsafe = xp.where(ok, x[0], 1.0)
+        ux = xp.where(ok, ux + xp.clip(x[1] / Tsafe, -1, 1), ux).astype(np.float32)
+        uy = xp.where(ok, uy + xp.clip(x[2] / Tsafe, -1, 1), uy).astype(np.float32)
+        extra = [xp.where(ok, x[j] / Tsafe, e) for j, e in zip(range(3, model.q), extra)]
+        T = xp.where(ok, x[0], T)
+        res = xp.where(ok, res_new, res)
     if max_shift is not None:
         ux = xp.clip(ux, -max_shift, max_shift)
         uy = xp.clip(uy, -max_shift, max_shift)
