@@ -450,8 +450,19 @@ class PWFModel:
         loss : float64 ndarray ``(B,)`` (host), the objective L of the module docstring
                (L₀ when ``precondition=False``)
         x : complex64 ``exp(ψ)`` (reused by the stopping test)
+
+        Notes
+        -----
+        By default this runs the fused driver :func:`xspeckle.retrieve.pwf_kernels.fused_gradient`
+        (numba kernels on NumPy, in-place ufuncs on CuPy, in-place FFTs); the code below is the reference
+        path, kept as the specification (``pwf_kernels.USE_FUSED = False``); both agree within float32
+        rounding (tests/test_pwf_kernels.py).
         """
+        from xspeckle.retrieve import pwf_kernels
+
         xp = self.xp
+        if pwf_kernels.fused_available(xp):
+            return pwf_kernels.fused_gradient(self, psi, yspec, precondition=precondition)
         shape = self.shape
         x = xp.exp(psi)
         Y = self._field(x)                                        # (B,K,Hr,Wr)

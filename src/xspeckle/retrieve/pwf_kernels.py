@@ -1,0 +1,590 @@
+"""Fused PWF iteration: the loss and preconditioned Wirtinger gradient of :class:`~xspeckle.retrieve.pwf.PWFModel`
+with the element-wise work fused into a few kernels and every FFT done in place.
+
+The mathematics is exactly that of :meth:`PWFModel.gradient`'s reference path (pwf.md §1–3; Lee et al.,
+Light Sci. Appl. 2026, Eqs. 4–5 for the IPSF/IOTF blur, Eqs. 14–15 for Γ² = 1 − STF, Algorithm S2 for the
+preconditioner 1/κ²); only the evaluation order of the element-wise steps changes, so both paths agree
+within float32 rounding (tests/test_pwf_kernels.py).
+
+Per iteration (batch B, K diffuser positions), counted transforms:
+
+- forward model ``Y = P_L2{t · P_L1{e^ψ}}``: 2 complex FFTs on ``(B, 1)`` + 2 on ``(B, K)``;
+- data residual and its adjoint blur ``IPSF ⊛``: 2 real forward + 2 real inverse FFTs on ``(B, K)``;
+- adjoint ``P_{-L1}{t̄ · P_{-L2}{·}}``: 2 complex FFTs on ``(B, K)`` + 2 on ``(B, 1)``;
+- regulariser and preconditioner: 3 real forward (Re ψ, Im ψ, Im g) + 2 real inverse FFTs on ``(B, 1)``
+  (1 inverse with the δ/β prior).
+
+That is the reference path's count (8 complex + 9 real for K = 1); the gain is in how they run: every
+complex FFT in place on one reused work buffer (no 60 MB page-faulted temporaries), the real inverse
+FFTs as two in-place 1-D passes, and the ~60 NumPy element-wise passes of the reference (the complex
+exponential alone is a complex128-speed NumPy loop) fused into 9 kernels:
+
+========================  ==============================================================
+``exp``                   x = e^ψ = e^{Re ψ}(cos Im ψ + i sin Im ψ), float32, written twice
+                          (x is returned; the copy is transformed in place)
+``mul``                   a ·= q or a ·= q̄ (Fresnel transfer, t, t̄; broadcast over the batch)
+``expand``                v[b, k] = u[b] · t[k]  (K > 1)
+``intensity``             |Y|²
+``residual_spectrum``     S = S · IOTF − F{y_B}
+``mask_loss``             Σ (m r)² per row (float64), r ← m² r
+``mul_real``              a ·= h (real factor, broadcast or full)
+``conj_mean``             G[b] = (1/K) Σ_k v[b, k] · t̄[k]  (K > 1)
+``final``                 g = G · x̄ / c; Re g, Im g + b Re g, Re ψ, Im ψ as contiguous float32
+``regulariser``           Σ w|F Re ψ|², Σ w'|F Im ψ|² (float64), F{g_im} = P⁻¹ F{Im g} + a_im Γ² F{Im ψ}
+                          (+ b a_re Γ² F{Re ψ}), F{g_re,reg} = a_re Γ² F{Re ψ}
+========================  ==============================================================
+
+Implementations of the kernels: numba (``nogil``, float32, rows split over a thread pool) on NumPy
+arrays; a NumPy/CuPy twin (:class:`XpOps`, in-place ufuncs with ``out=``) that runs the same driver
+on CuPy, and on NumPy when numba is missing or ``XSPECKLE_NUMBA=0``.  The reference path of
+:meth:`PWFModel.gradient` stays as the specification (``pwf_kernels.USE_FUSED = False`` selects it).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from xspeckle import backend as B
+
+__all__ = ["USE_FUSED", "fused_available", "fused_gradient", "NumbaOps", "XpOps", "ops_for", "kernel_threads"]
+
+#: numba kernels on the CPU (env ``XSPECKLE_NUMBA=0`` switches them off; the NumPy twin then runs)
+_USE_NUMBA = os.environ.get("XSPECKLE_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
+#: the fused driver at all (False: PWFModel.gradient runs its reference NumPy/CuPy code)
+USE_FUSED = True
+
+_KERNELS: dict[str, Any] | None = None
+_POOL: dict[str, Any] = {"pid": None, "n": 0, "ex": None}
+_POOL_LOCK = threading.Lock()
+#: below this many float32 elements a kernel runs on the calling thread
+_SMALL = 1 << 16
+
+
+def kernel_threads() -> int:
+    """Threads of the fused element-wise kernels: the FFT worker count (:func:`xspeckle.backend.fft_workers`)."""
+    return B.fft_workers()
+
+
+# --------------------------------------------------------------------------- numba kernels (float32 views)
+# Complex arrays are passed as float32 views (rows, 2·W): element j is (2j, 2j+1) = (re, im).  Each kernel
+# handles rows [r0, r1) of its output; broadcast operands are indexed with row % (their row count).
+
+def _nb_exp(p, x, w, r0, r1):
+    n2 = p.shape[1]
+    for r in range(r0, r1):
+        for j in range(0, n2, 2):
+            e = np.exp(p[r, j])
+            c = np.cos(p[r, j + 1])
+            s = np.sin(p[r, j + 1])
+            x[r, j] = e * c
+            x[r, j + 1] = e * s
+            w[r, j] = e * c
+            w[r, j + 1] = e * s
+    return 0
+
+
+def _nb_mul(a, q, conj, r0, r1):
+    n2 = a.shape[1]
+    hq = q.shape[0]
+    sg = np.float32(-1.0) if conj else np.float32(1.0)
+    for r in range(r0, r1):
+        rq = r % hq
+        for j in range(0, n2, 2):
+            ar = a[r, j]
+            ai = a[r, j + 1]
+            qr = q[rq, j]
+            qi = sg * q[rq, j + 1]
+            a[r, j] = ar * qr - ai * qi
+            a[r, j + 1] = ar * qi + ai * qr
+    return 0
+
+
+def _nb_mul_real(a, h, r0, r1):
+    n2 = a.shape[1]
+    hh = h.shape[0]
+    for r in range(r0, r1):
+        rh = r % hh
+        for j in range(0, n2, 2):
+            f = h[rh, j // 2]
+            a[r, j] *= f
+            a[r, j + 1] *= f
+    return 0
+
+
+def _nb_expand(u, t, v, kk, hh, r0, r1):
+    # v rows (b, k, y) = u rows (b, y) · t rows (k, y)
+    n2 = v.shape[1]
+    for r in range(r0, r1):
+        y = r % hh
+        bk = r // hh
+        k = bk % kk
+        b = bk // kk
+        ru = b * hh + y
+        rt = k * hh + y
+        for j in range(0, n2, 2):
+            ar = u[ru, j]
+            ai = u[ru, j + 1]
+            tr = t[rt, j]
+            ti = t[rt, j + 1]
+            v[r, j] = ar * tr - ai * ti
+            v[r, j + 1] = ar * ti + ai * tr
+    return 0
+
+
+def _nb_intensity(y, out, r0, r1):
+    n = out.shape[1]
+    for r in range(r0, r1):
+        for j in range(n):
+            a = y[r, 2 * j]
+            b = y[r, 2 * j + 1]
+            out[r, j] = a * a + b * b
+    return 0
+
+
+def _nb_residual_spectrum(s, f, ys, r0, r1):
+    n2 = s.shape[1]
+    hf = f.shape[0]
+    for r in range(r0, r1):
+        rf = r % hf
+        for j in range(0, n2, 2):
+            g = f[rf, j // 2]
+            s[r, j] = s[r, j] * g - ys[r, j]
+            s[r, j + 1] = s[r, j + 1] * g - ys[r, j + 1]
+    return 0
+
+
+def _nb_mask_loss(res, m, rows, r0, r1):
+    n = res.shape[1]
+    hm = m.shape[0]
+    for r in range(r0, r1):
+        rm = r % hm
+        acc = 0.0
+        for j in range(n):
+            v = m[rm, j] * res[r, j]
+            acc += np.float64(v) * np.float64(v)
+            res[r, j] = m[rm, j] * v
+        rows[r] = acc
+    return 0
+
+
+def _nb_conj_mean(v, t, g, kk, hh, inv_k, r0, r1):
+    # g rows (b, y) = inv_k · Σ_k v rows (b, k, y) · conj(t rows (k, y))
+    n2 = g.shape[1]
+    for r in range(r0, r1):
+        y = r % hh
+        b = r // hh
+        for j in range(0, n2, 2):
+            sr = np.float32(0.0)
+            si = np.float32(0.0)
+            for k in range(kk):
+                rv = (b * kk + k) * hh + y
+                rt = k * hh + y
+                ar = v[rv, j]
+                ai = v[rv, j + 1]
+                tr = t[rt, j]
+                ti = t[rt, j + 1]
+                sr += ar * tr + ai * ti
+                si += ai * tr - ar * ti
+            g[r, j] = sr * inv_k
+            g[r, j + 1] = si * inv_k
+    return 0
+
+
+def _nb_final(g, x, p, cinv, bb, gre, gin, pre, pim, r0, r1):
+    # g·conj(x)·cinv -> Re (gre), Im + bb·Re (gin); ψ split into contiguous Re/Im
+    n = gre.shape[1]
+    for r in range(r0, r1):
+        for j in range(n):
+            ar = g[r, 2 * j]
+            ai = g[r, 2 * j + 1]
+            xr = x[r, 2 * j]
+            xi = x[r, 2 * j + 1]
+            re = (ar * xr + ai * xi) * cinv
+            im = (ai * xr - ar * xi) * cinv
+            gre[r, j] = re
+            gin[r, j] = im + bb * re
+            pre[r, j] = p[r, 2 * j]
+            pim[r, j] = p[r, 2 * j + 1]
+    return 0
+
+
+def _nb_regulariser(fre, fim, gi, gam, pinv, wre, wim, a_re, a_im, bb, use_pinv, rows, r0, r1):
+    # rows of the half spectra (b, y); gam, pinv, wre, wim: (H, W//2+1) float32
+    n2 = fre.shape[1]
+    hh = gam.shape[0]
+    for r in range(r0, r1):
+        y = r % hh
+        acc = 0.0
+        for j in range(0, n2, 2):
+            c = j // 2
+            rr = fre[r, j]
+            ri = fre[r, j + 1]
+            mr = fim[r, j]
+            mi = fim[r, j + 1]
+            acc += np.float64(rr * rr + ri * ri) * np.float64(wre[y, c]) + \
+                np.float64(mr * mr + mi * mi) * np.float64(wim[y, c])
+            gg = gam[y, c]
+            rr = (rr * gg) * a_re
+            ri = (ri * gg) * a_re
+            mr = (mr * gg) * a_im
+            mi = (mi * gg) * a_im
+            pv = pinv[y, c] if use_pinv else np.float32(1.0)
+            gi[r, j] = gi[r, j] * pv + mr + bb * rr
+            gi[r, j + 1] = gi[r, j + 1] * pv + mi + bb * ri
+            fre[r, j] = rr
+            fre[r, j + 1] = ri
+        rows[r] = acc
+    return 0
+
+
+def _nb_add(a, b, r0, r1):
+    n = a.shape[1]
+    for r in range(r0, r1):
+        for j in range(n):
+            a[r, j] += b[r, j]
+    return 0
+
+
+_NB_FUNCS = {"exp": _nb_exp, "mul": _nb_mul, "mul_real": _nb_mul_real, "expand": _nb_expand,
+             "intensity": _nb_intensity, "residual_spectrum": _nb_residual_spectrum, "mask_loss": _nb_mask_loss,
+             "conj_mean": _nb_conj_mean, "final": _nb_final, "regulariser": _nb_regulariser, "add": _nb_add}
+
+
+def _kernels() -> dict[str, Any]:
+    """The compiled kernels (numba, ``nogil``, disk-cached where possible), or {} without numba."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            import numba
+        except ImportError:
+            _KERNELS = {}
+            return _KERNELS
+        out = {}
+        for name, fn in _NB_FUNCS.items():
+            try:
+                out[name] = numba.njit(nogil=True, cache=True, fastmath=False)(fn)
+            except RuntimeError:  # no writable cache location: compile without the disk cache
+                out[name] = numba.njit(nogil=True)(fn)
+        _KERNELS = out
+    return _KERNELS
+
+
+def _executor(n: int):
+    """A thread pool of *n* threads, recreated after a fork (a child inherits no live threads)."""
+    with _POOL_LOCK:
+        if _POOL["pid"] != os.getpid() or _POOL["n"] != n:
+            _POOL.update(pid=os.getpid(), n=n, ex=ThreadPoolExecutor(max_workers=n, thread_name_prefix="xspeckle-pwf"))
+        return _POOL["ex"]
+
+
+def _run(fn, rows: int, size: int, *args) -> None:
+    """``fn(*args, r0, r1)`` over row blocks of ``[0, rows)`` on :func:`kernel_threads` threads."""
+    nt = kernel_threads()
+    if nt <= 1 or size < _SMALL or rows < 2:
+        fn(*args, 0, rows)
+        return
+    nt = min(nt, rows)
+    step = -(-rows // nt)
+    ex = _executor(nt)
+    futs = [ex.submit(fn, *args, r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+    for f in futs:
+        f.result()
+
+
+def _f32(a):
+    """(…, W) complex64 → (rows, 2W) float32 view; (…, W) float32 → (rows, W) view (no copy)."""
+    if a.dtype == np.complex64:
+        return a.reshape(-1, a.shape[-1]).view(np.float32)
+    return a.reshape(-1, a.shape[-1])
+
+
+# --------------------------------------------------------------------------- ops: numba and NumPy/CuPy twins
+class NumbaOps:
+    """The kernels on NumPy arrays (numba, float32, threaded over rows); FFTs by scipy.fft in place."""
+
+    def __init__(self):
+        self.k = _kernels()
+        import scipy.fft as sfft
+
+        self.sfft = sfft
+        self.xp = np
+
+    # -- FFTs (in place where the transform allows it)
+    def fft2(self, a):
+        return self.sfft.fft2(a, overwrite_x=True, workers=B.fft_workers())
+
+    def ifft2(self, a):
+        return self.sfft.ifft2(a, overwrite_x=True, workers=B.fft_workers())
+
+    def rfft2(self, a):
+        return self.sfft.rfft2(a, workers=B.fft_workers())
+
+    def irfft2(self, a, shape):
+        # two 1-D passes, the first in place on the (consumed) spectrum: scipy's irfft2 copies its input
+        w = B.fft_workers()
+        a = self.sfft.ifft(a, axis=-2, overwrite_x=True, workers=w)
+        return self.sfft.irfft(a, n=shape[-1], axis=-1, overwrite_x=True, workers=w)
+
+    # -- element-wise
+    def exp(self, psi, x, w):
+        p, xv, wv = _f32(psi), _f32(x), _f32(w)
+        _run(self.k["exp"], p.shape[0], p.size, p, xv, wv)
+
+    def mul(self, a, q, conj=False):
+        av = _f32(a)
+        _run(self.k["mul"], av.shape[0], av.size, av, _f32(q), bool(conj))
+
+    def mul_real(self, a, h):
+        av = _f32(a)
+        _run(self.k["mul_real"], av.shape[0], av.size, av, _f32(h))
+
+    def expand(self, u, t, v):
+        vv = _f32(v)
+        _run(self.k["expand"], vv.shape[0], vv.size, _f32(u), _f32(t), vv, v.shape[1], v.shape[-2])
+
+    def intensity(self, y, out):
+        o = _f32(out)
+        _run(self.k["intensity"], o.shape[0], o.size, _f32(y), o)
+
+    def residual_spectrum(self, s, f, ys):
+        sv = _f32(s)
+        _run(self.k["residual_spectrum"], sv.shape[0], sv.size, sv, _f32(f), _f32(ys))
+
+    def mask_loss(self, r, m):
+        rv = _f32(r)
+        rows = np.empty(rv.shape[0], np.float64)
+        _run(self.k["mask_loss"], rv.shape[0], rv.size, rv, _f32(m), rows)
+        return rows.reshape(r.shape[:-1]).sum(axis=-1)                         # (B, K)
+
+    def conj_mean(self, v, t, g):
+        gv = _f32(g)
+        kk = v.shape[1]
+        _run(self.k["conj_mean"], gv.shape[0], gv.size, _f32(v), _f32(t), gv, kk, v.shape[-2], np.float32(1.0 / kk))
+
+    def final(self, g, x, psi, cinv, bb):
+        shp = psi.shape
+        gre, gin, pre, pim = (np.empty(shp, np.float32) for _ in range(4))
+        o = _f32(gre)
+        _run(self.k["final"], o.shape[0], o.size, _f32(g), _f32(x), _f32(psi), np.float32(cinv), np.float32(bb),
+             o, _f32(gin), _f32(pre), _f32(pim))
+        return gre, gin, pre, pim
+
+    def regulariser(self, fre, fim, gi, gam, pinv, wre, wim, a_re, a_im, bb, use_pinv):
+        fv = _f32(fre)
+        rows = np.empty(fv.shape[0], np.float64)
+        _run(self.k["regulariser"], fv.shape[0], fv.size, fv, _f32(fim), _f32(gi), _f32(gam), _f32(pinv), _f32(wre),
+             _f32(wim), np.float32(a_re), np.float32(a_im), np.float32(bb), bool(use_pinv), rows)
+        return rows.reshape(fre.shape[:-2] + (-1,)).sum(axis=(-2, -1))      # (B,)
+
+    def add(self, a, b):
+        av = _f32(a)
+        _run(self.k["add"], av.shape[0], av.size, av, _f32(b))
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+
+class XpOps:
+    """NumPy/CuPy twin of :class:`NumbaOps`: the same steps as in-place ufuncs (``out=``), FFTs via
+    :mod:`xspeckle.backend` (cuFFT, plan-cached, on CuPy)."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def fft2(self, a):
+        return B.fft2(a, overwrite_x=True)
+
+    def ifft2(self, a):
+        return B.ifft2(a, overwrite_x=True)
+
+    def rfft2(self, a):
+        return B.rfft2(a)
+
+    def irfft2(self, a, shape):
+        return B.irfft2(a, s=shape[-2:])
+
+    def exp(self, psi, x, w):
+        self.xp.exp(psi, out=x)
+        w[...] = x
+
+    def mul(self, a, q, conj=False):
+        if conj:
+            a *= self.xp.conj(q)
+        else:
+            a *= q
+
+    def mul_real(self, a, h):
+        a *= h
+
+    def expand(self, u, t, v):
+        self.xp.multiply(u, t, out=v)
+
+    def intensity(self, y, out):
+        xp = self.xp
+        xp.multiply(y.real, y.real, out=out)
+        out += y.imag * y.imag
+
+    def residual_spectrum(self, s, f, ys):
+        s *= f
+        s -= ys
+
+    def mask_loss(self, r, m):
+        r *= m
+        loss = (r * r).sum(axis=(-2, -1), dtype=np.float64)                   # (B, K)
+        r *= m
+        return B.asnumpy(loss)
+
+    def conj_mean(self, v, t, g):
+        v *= self.xp.conj(t)
+        self.xp.mean(v, axis=1, keepdims=True, out=g)
+
+    def final(self, g, x, psi, cinv, bb):
+        xp = self.xp
+        g *= xp.conj(x)
+        g *= np.float32(cinv)
+        gre = xp.ascontiguousarray(g.real)
+        gin = xp.ascontiguousarray(g.imag)
+        if bb:
+            gin += np.float32(bb) * gre
+        return gre, gin, xp.ascontiguousarray(psi.real), xp.ascontiguousarray(psi.imag)
+
+    def regulariser(self, fre, fim, gi, gam, pinv, wre, wim, a_re, a_im, bb, use_pinv):
+        pw_re = fre.real * fre.real + fre.imag * fre.imag
+        pw_im = fim.real * fim.real + fim.imag * fim.imag
+        loss = (pw_re * wre).sum(axis=(-3, -2, -1), dtype=np.float64) + \
+            (pw_im * wim).sum(axis=(-3, -2, -1), dtype=np.float64)
+        fre *= gam
+        fre *= np.float32(a_re)
+        fim *= gam
+        fim *= np.float32(a_im)
+        if use_pinv:
+            gi *= pinv
+        gi += fim
+        if bb:
+            gi += np.float32(bb) * fre
+        return B.asnumpy(loss)
+
+    def add(self, a, b):
+        a += b
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype)
+
+
+def fused_available(xp) -> bool:
+    """True when :meth:`PWFModel.gradient` takes the fused driver for arrays of module *xp*."""
+    return bool(USE_FUSED)
+
+
+def ops_for(xp):
+    """The kernel set for *xp*: numba on NumPy (when importable and ``XSPECKLE_NUMBA`` is not 0), else the twin."""
+    if xp is np and _USE_NUMBA and _kernels():
+        return NumbaOps()
+    return XpOps(xp)
+
+
+# --------------------------------------------------------------------------- driver
+def fused_gradient(model, psi, yspec, *, precondition: bool = True, ops=None):
+    """Loss and preconditioned Wirtinger gradient of *model* at ψ, fused (same contract as
+    :meth:`xspeckle.retrieve.pwf.PWFModel.gradient`).
+
+    Parameters
+    ----------
+    model : PWFModel
+    psi : complex64 ``(B, 1, Hr, Wr)``
+    yspec : complex64 ``(B, K, Hr, Wr//2+1)``, F{y_B} from :meth:`PWFModel.prepare`
+    precondition : bool
+        Apply P⁻¹ (Alg. S2) and report the preconditioned objective (see PWFModel.gradient).
+    ops : NumbaOps or XpOps, optional
+        Kernel set; default :func:`ops_for` the arrays' module.
+
+    Returns
+    -------
+    g_re, g_im : float32 ``(B, 1, Hr, Wr)``
+    loss : float64 ndarray ``(B,)`` (host)
+    x : complex64 ``(B, 1, Hr, Wr)``, e^ψ
+    """
+    xp = B.get_xp(psi)
+    ops = ops if ops is not None else ops_for(xp)
+    psi = xp.ascontiguousarray(psi, dtype=np.complex64)
+    yspec = xp.ascontiguousarray(yspec, dtype=np.complex64)
+    shape = model.shape
+    nb, kk = psi.shape[0], model.K
+    q1 = model.q1
+    q2 = model.q2
+    t = model.t                                                 # (K, Hr, Wr)
+    # ---- forward model (pwf.md §1): x = e^ψ, u1 = P_L1{x}, Y = P_L2{t·u1}
+    x = ops.empty(psi.shape, np.complex64)
+    w = ops.empty(psi.shape, np.complex64)
+    ops.exp(psi, x, w)
+    w = ops.fft2(w)
+    ops.mul(w, q1)
+    w = ops.ifft2(w)                                            # u1 (B,1)
+    if kk == 1:
+        ops.mul(w, t)
+        y = w
+    else:
+        y = ops.empty((nb, kk) + shape, np.complex64)
+        ops.expand(w, t, y)
+    y = ops.fft2(y)
+    ops.mul(y, q2)
+    y = ops.ifft2(y)                                            # Y (B,K)
+    # ---- data term (pwf.md §2): r = m·(IPSF⊛|Y|² − y_B), h = IPSF^T⊛(m² r)
+    inten = ops.empty(y.shape, np.float32)
+    ops.intensity(y, inten)
+    s = ops.rfft2(inten)
+    del inten
+    ops.residual_spectrum(s, model.iotf_r, yspec)              # F{IPSF⊛|Y|² − y_B}
+    r = ops.irfft2(s, shape)
+    loss_bk = ops.mask_loss(r, model.m)                        # Σ (m r)² per (b, k); r <- m² r
+    loss_d = 0.5 * np.asarray(loss_bk, dtype=np.float64).mean(axis=1)      # (B,)
+    s = ops.rfft2(r)
+    del r
+    ops.mul_real(s, model.iotf_r)
+    h = ops.irfft2(s, shape)                                    # IPSF^T ⊛ (m² r)
+    del s
+    ops.mul_real(y, h)                                          # ∂D/∂Y* = Y·h
+    del h
+    # ---- adjoint: g = conj(x)·P_{-L1}{mean_k conj(t)·P_{-L2}{Y h}} / c
+    y = ops.fft2(y)
+    ops.mul(y, q2, conj=True)
+    y = ops.ifft2(y)
+    if kk == 1:
+        ops.mul(y, t, conj=True)
+        g = y
+    else:
+        g = w                                                   # u1 is no longer needed
+        ops.conj_mean(y, t, g)
+    del y
+    g = ops.fft2(g)
+    ops.mul(g, q1, conj=True)
+    g = ops.ifft2(g)
+    bb = 0.0 if model.delta_over_beta is None else 1.0 / model.delta_over_beta
+    gre, gin, pre, pim = ops.final(g, x, psi, 1.0 / model.c, bb)
+    del g, w
+    # ---- regulariser (pwf.md §2) and preconditioner (Alg. S2)
+    fre = ops.rfft2(pre)
+    fim = ops.rfft2(pim)
+    gi = ops.rfft2(gin)
+    del pre, pim, gin
+    if model.delta_over_beta is not None:
+        pinv = model.pinv_sm_r
+    else:
+        pinv = model.pinv_r
+    wim = model.regw_im if precondition else model.regw_im0
+    loss_r = ops.regulariser(fre, fim, gi, model.gamma2_r, pinv, model.regw_re, wim, model.a_re, model.a_im, bb,
+                             precondition)
+    del fim
+    g_im = ops.irfft2(gi, shape)
+    if model.delta_over_beta is not None:
+        g_re = g_im * np.float32(bb)
+    else:
+        g_re = ops.irfft2(fre, shape)
+        ops.add(g_re, gre)
+    loss = loss_d / model.c + np.asarray(loss_r, dtype=np.float64)
+    return g_re, g_im, np.asarray(loss, dtype=np.float64), x

@@ -1,0 +1,131 @@
+"""Fused PWF iteration (retrieve/pwf_kernels.py) against the reference path of PWFModel.gradient.
+
+Tiny grids; both paths run in float32/complex64 with float64 loss sums.  The NumPy/CuPy twin (XpOps)
+does the same operations in the same order as the reference, so it must agree to ~1 ulp; the numba
+kernels reorder a few float32 operations (fused complex products, two-pass inverse real FFT), so they
+agree within float32 rounding amplified by the preconditioner 1/κ² (tolerance 3e-5 of the largest
+gradient value; observed ≤ 7e-6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xspeckle.geometry import Geometry
+from xspeckle.retrieve import pwf_kernels as pk
+from xspeckle.retrieve.pwf import PWFModel
+
+XC, YC = 3.48e-6, 4.31e-6
+pytestmark = pytest.mark.skipif(not pk._kernels(), reason="numba not installed")
+
+
+def _geom():
+    return Geometry(energy_ev=10000.0, pixel_size_m=650e-9, sample_detector_distance_m=0.023,
+                    diffuser_position="downstream", diffuser_detector_distance_m=0.020,
+                    coherence_length_x_m=XC, coherence_length_y_m=YC)
+
+
+def _speckle(rng, k, h, w):
+    from scipy import ndimage
+
+    f = ndimage.gaussian_filter(rng.standard_normal((k, h, w)), (0, 1.2, 1.2))
+    return np.exp(0.25 * f / f.std()).astype(np.float32)
+
+
+def _case(k=1, nb=2, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    ref = _speckle(rng, k, 40, 48)
+    sam = (ref[None] * (1 + 0.05 * rng.standard_normal((nb, k, 40, 48)))).astype(np.float32)
+    model = PWFModel(ref, _geom(), **kw)
+    psi = (0.05 * rng.standard_normal((nb, 1) + model.shape)
+           - 0.1j * rng.random((nb, 1) + model.shape)).astype(np.complex64)
+    _, yspec = model.prepare(sam)
+    return model, psi, yspec, sam
+
+
+def _reference(model, psi, yspec, precondition=True):
+    old = pk.USE_FUSED
+    pk.USE_FUSED = False
+    try:
+        return model.gradient(psi, yspec, precondition=precondition)
+    finally:
+        pk.USE_FUSED = old
+
+
+def _rel(a, b):
+    dt = np.complex128 if np.iscomplexobj(a) else np.float64
+    a, b = np.asarray(a, dt), np.asarray(b, dt)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+CASES = [dict(k=1), dict(k=1, delta_over_beta=300.0), dict(k=3), dict(k=3, delta_over_beta=50.0)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=["K1", "K1-prior", "K3", "K3-prior"])
+@pytest.mark.parametrize("precondition", [True, False])
+def test_numba_path_equals_reference(case, precondition):
+    model, psi, yspec, _ = _case(**case)
+    g_re0, g_im0, loss0, x0 = _reference(model, psi, yspec, precondition)
+    g_re, g_im, loss, x = pk.fused_gradient(model, psi, yspec, precondition=precondition, ops=pk.NumbaOps())
+    for a in (g_re, g_im):
+        assert a.dtype == np.float32 and a.shape == psi.shape
+    assert x.dtype == np.complex64 and loss.dtype == np.float64 and loss.shape == (psi.shape[0],)
+    assert _rel(g_re, g_re0) < 3e-5
+    assert _rel(g_im, g_im0) < 3e-5
+    assert _rel(x, x0) < 1e-6
+    np.testing.assert_allclose(loss, loss0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["K1", "K1-prior", "K3", "K3-prior"])
+def test_numpy_twin_equals_reference(case):
+    # the twin is what CuPy runs: same operations, same order -> agreement to rounding of a few ulp
+    model, psi, yspec, _ = _case(**case)
+    ref = _reference(model, psi, yspec)
+    out = pk.fused_gradient(model, psi, yspec, ops=pk.XpOps(np))
+    for a, b in zip(out[:2], ref[:2]):
+        assert _rel(a, b) < 1e-6
+    np.testing.assert_allclose(out[2], ref[2], rtol=1e-7)
+    np.testing.assert_array_equal(out[3], ref[3])
+
+
+def test_threaded_kernels_match_single_thread(monkeypatch):
+    model, psi, yspec, _ = _case(k=3, nb=3)
+    monkeypatch.setenv("XSPECKLE_FFT_WORKERS", "1")
+    one = pk.fused_gradient(model, psi, yspec, ops=pk.NumbaOps())
+    monkeypatch.setenv("XSPECKLE_FFT_WORKERS", "3")
+    monkeypatch.setattr(pk, "_SMALL", 0)          # split even these tiny arrays over the threads
+    many = pk.fused_gradient(model, psi, yspec, ops=pk.NumbaOps())
+    for a, b in zip(one[:2], many[:2]):
+        assert _rel(a, b) < 1e-6                  # row blocks do the same arithmetic; only the FFT threads differ
+    np.testing.assert_allclose(one[2], many[2], rtol=1e-6)
+
+
+def test_gradient_dispatch_and_results_not_aliased(monkeypatch):
+    model, psi, yspec, _ = _case(k=1, nb=1)
+    first = model.gradient(psi, yspec)             # fused by default
+    ref = _reference(model, psi, yspec)
+    assert _rel(first[1], ref[1]) < 3e-5
+    keep = [a.copy() for a in first[:2]]
+    model.gradient(psi * np.complex64(0.5), yspec)  # a second call must not overwrite the first results
+    for a, b in zip(first[:2], keep):
+        np.testing.assert_array_equal(a, b)
+    # XSPECKLE_NUMBA=0 -> the NumPy twin
+    monkeypatch.setattr(pk, "_USE_NUMBA", False)
+    assert isinstance(pk.ops_for(np), pk.XpOps)
+    monkeypatch.setattr(pk, "_USE_NUMBA", True)
+    assert isinstance(pk.ops_for(np), pk.NumbaOps)
+
+
+def test_solve_fused_equals_reference():
+    model, _, _, sam = _case(k=1, nb=1, seed=4)
+    fused = model.solve(sam, min_iter=15, max_iter=15)
+    old = pk.USE_FUSED
+    pk.USE_FUSED = False
+    try:
+        ref = model.solve(sam, min_iter=15, max_iter=15)
+    finally:
+        pk.USE_FUSED = old
+    assert fused.iterations == ref.iterations
+    assert _rel(fused.phase, ref.phase) < 1e-4
+    np.testing.assert_allclose(fused.loss_history[0], ref.loss_history[0], rtol=1e-5)
