@@ -129,3 +129,13 @@ def test_solve_fused_equals_reference():
     assert fused.iterations == ref.iterations
     assert _rel(fused.phase, ref.phase) < 1e-4
     np.testing.assert_allclose(fused.loss_history[0], ref.loss_history[0], rtol=1e-5)
+
+
+def test_numba_is_a_core_dependency():
+    # issue 16: `make demo` (core install only) must get the numba paths
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.replace(" ", "").startswith("numba>=") for d in deps), deps
