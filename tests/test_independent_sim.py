@@ -222,9 +222,9 @@ def test_coherence_lengths_recorded_not_in_geometry(down):
 
 
 def test_reproducible_from_the_seed():
-    a = simulate_independent("upstream", 64, positions=2, seed=5)
-    b = simulate_independent("upstream", 64, positions=2, seed=5)
-    c = simulate_independent("upstream", 64, positions=2, seed=6)
+    a = simulate_independent("downstream", 64, positions=2, seed=5)
+    b = simulate_independent("downstream", 64, positions=2, seed=5)
+    c = simulate_independent("downstream", 64, positions=2, seed=6)
     assert np.array_equal(a.data, b.data) and np.array_equal(a.reference, b.reference)
     assert np.array_equal(a.truth["diffuser_shifts_px"], b.truth["diffuser_shifts_px"])
     assert not np.allclose(a.reference, c.reference)
@@ -254,7 +254,7 @@ def test_preset_file_layout(tmp_path):
         assert f["/exchange/data"].shape == (2, 1, 64, 64)
         assert f["/truth/phase"].shape == (1, 64, 64)
         assert f["/truth"].attrs["coherence_length_x_m"] == 3.5e-6
-    up = make_preset("indep-upstream", size=64, positions=2)
+    up = make_preset("indep-upstream", size=64, positions=1, photons=1e3)
     assert up.geometry.diffuser_position == "upstream"
 
 

@@ -78,13 +78,14 @@ INDEP_MATERIALS = {
 DOWNSTREAM = dict(energy_ev=10000.0, pixel_size_m=650e-9, L1_m=3e-3, L2_m=20e-3, coherence_length_x_m=3.5e-6,
                   coherence_length_y_m=4.3e-6, source_fwhm_m=(500e-6, 30e-6), source_distance_m=36.0,
                   grain_diameter_m=(0.5e-6, 3.0e-6), grain_coverage=2.0, layer_gap_m=10e-6, positions=12,
-                  photons=1e4, beam_min_period_m=60e-6)
+                  photons=1e4, beam_min_period_m=60e-6, oversample=2)
 #: MIST set-up of the ``mist-berry`` preset (17 keV, 5.8 µm px, sample–detector Δ = 1 m, diffuser 0.5 m
-#: upstream of the sample, x/y_coh 6/4 µm), sandpaper-like grains 8–30 µm in four sheets 100 µm apart.
+#: upstream of the sample, x/y_coh 6/4 µm), sandpaper-like grains 6–20 µm in four sheets 100 µm apart, on a
+#: 4× finer grid (1.45 µm: the grains' phase, ~0.24 rad/µm of alumina at 17 keV, must be resolved).
 UPSTREAM = dict(energy_ev=17000.0, pixel_size_m=5.8e-6, delta_m=1.0, diffuser_sample_m=0.5,
                 coherence_length_x_m=6e-6, coherence_length_y_m=4e-6, source_fwhm_m=(0.0, 0.0),
-                source_distance_m=100.0, grain_diameter_m=(8e-6, 30e-6), grain_coverage=2.0, layer_gap_m=100e-6,
-                positions=10, photons=1e4, beam_min_period_m=500e-6)
+                source_distance_m=100.0, grain_diameter_m=(6e-6, 20e-6), grain_coverage=0.5, layer_gap_m=100e-6,
+                positions=10, photons=1e4, beam_min_period_m=500e-6, oversample=4)
 
 
 def _workers(workers):
@@ -228,14 +229,9 @@ class _Grid:
 
     @property
     def shape(self) -> tuple[int, int]:
-        s = self.oversample
-        out = []
-        for n in self.det_shape:
-            m = sfft.next_fast_len((n + 2 * self.pad_px) * s)
-            while m % s:  # a whole number of detector pixels, still FFT-friendly
-                m = sfft.next_fast_len(m + 1)
-            out.append(int(m))
-        return tuple(out)
+        # FFT-friendly size in detector pixels, times the oversampling: the grid's extent in metres
+        # does not depend on the oversampling (so a refinement study sees the same diffuser)
+        return tuple(int(sfft.next_fast_len(n + 2 * self.pad_px) * self.oversample) for n in self.det_shape)
 
     @property
     def offset(self) -> tuple[int, int]:
@@ -255,37 +251,54 @@ class _Grid:
 
 # ------------------------------------------------------------------------------------------ diffuser
 def grain_layer(shape, spacing_m: float, rng, *, diameter_m=(0.5e-6, 3.0e-6), coverage: float = 1.0,
-                n_sizes: int = 8, supersample: int = 4, workers=None) -> np.ndarray:
-    """Projected thickness (m) ``(H, W)`` float32 of one layer of random spherical grains (periodic).
+                n_layers: int = 1, n_sizes: int = 8, subpixel: int = 2, supersample: int = 4, workers=None) -> np.ndarray:
+    """Projected thickness (m) ``(n_layers, H, W)`` float32 of layers of random spherical grains (periodic).
 
     Grain radii take *n_sizes* log-spaced values over *diameter_m*/2; each size covers an equal share
     of the area, *coverage* = Σ N_b π r_b² / area (the mean number of grains over a point).  Centres are
-    uniform on the grid (Poisson process); each grain's chord ``2·sqrt(r² − ρ²)`` is area-averaged over
-    ``supersample²`` points per grid pixel, so the sub-pixel shape is resolved without aliasing.
-    Overlapping grains add their thicknesses (stacked grains).
+    uniform in metres over the periodic grid (Poisson process), placed to 1/*subpixel* of a grid pixel:
+    each sub-pixel class has its own kernel, the chord ``2·sqrt(r² − ρ²)`` of a grain centred at that
+    sub-pixel offset, area-averaged over ``supersample²`` points per grid pixel (no aliasing of the
+    grain edge).  Overlapping grains add their thicknesses (stacked grains).  Grains are drawn in
+    metres, so the same *rng* state gives the same grains on any grid of the same extent.
     """
     H, W = shape
     h = spacing_m
     w = _workers(workers)
+    q = int(subpixel)
     radii = np.geomspace(diameter_m[0] / 2, diameter_m[1] / 2, int(n_sizes))
     area = H * W * h * h
-    spec = np.zeros((H, W // 2 + 1), np.complex128)
+    specs = np.zeros((n_layers, H, W // 2 + 1), np.complex128)
     sub = _sub_offsets(supersample) * h
+    cls_off = _sub_offsets(q) * h  # sub-pixel class centres (m) relative to the pixel centre
     for r in radii:
-        n = rng.poisson(coverage * area / (len(radii) * math.pi * r * r))
-        idx = rng.integers(0, H * W, size=n)
-        counts = np.bincount(idx, minlength=H * W).reshape(H, W).astype(np.float32)
         m = int(math.ceil(r / h)) + 1  # kernel half-width (px)
         c = np.arange(-m, m + 1) * h
-        yy = (c[:, None] + sub[None, :]).reshape(-1)
-        ker = sphere_chord(yy[:, None], yy[None, :], 0.0, 0.0, r)
-        ker = ker.reshape(2 * m + 1, supersample, 2 * m + 1, supersample).mean(axis=(1, 3))
-        k_full = np.zeros((H, W), np.float64)
+        pts = (c[:, None] + sub[None, :]).reshape(-1)  # supersampled coordinates of the kernel pixels
         iy = np.arange(-m, m + 1) % H
         ix = np.arange(-m, m + 1) % W
-        k_full[np.ix_(iy, ix)] = ker  # centred at (0, 0), wrapped
-        spec += sfft.rfft2(counts, workers=w) * sfft.rfft2(k_full, workers=w)
-    t = sfft.irfft2(spec, s=(H, W), workers=w)
+        kspec = {}
+        for a in range(q):
+            for b in range(q):
+                ker = sphere_chord(pts[:, None], pts[None, :], cls_off[a], cls_off[b], r)
+                ker = ker.reshape(2 * m + 1, supersample, 2 * m + 1, supersample).mean(axis=(1, 3))
+                k_full = np.zeros((H, W), np.float64)
+                k_full[np.ix_(iy, ix)] = ker  # centred at pixel (0, 0), wrapped
+                kspec[a, b] = sfft.rfft2(k_full, workers=w)
+        for layer in range(n_layers):
+            n = rng.poisson(coverage * area / (len(radii) * math.pi * r * r))
+            fy = rng.uniform(0, H, n)  # centres in grid pixels (continuous); pixel j spans [j − ½, j + ½)
+            fx = rng.uniform(0, W, n)
+            jy, jx = np.floor(fy + 0.5), np.floor(fx + 0.5)
+            cy = np.minimum(((fy - jy + 0.5) * q).astype(np.int64), q - 1)
+            cx = np.minimum(((fx - jx + 0.5) * q).astype(np.int64), q - 1)
+            flat_idx = (jy.astype(np.int64) % H) * W + (jx.astype(np.int64) % W)
+            for a in range(q):
+                for b in range(q):
+                    sel = (cy == a) & (cx == b)
+                    counts = np.bincount(flat_idx[sel], minlength=H * W).reshape(H, W).astype(np.float32)
+                    specs[layer] += sfft.rfft2(counts, workers=w) * kspec[a, b]
+    t = sfft.irfft2(specs, s=(H, W), workers=w)
     return np.maximum(t, 0.0).astype(np.float32)
 
 
@@ -437,7 +450,7 @@ def _check_int(name, value, lo, hi):
 
 def simulate_independent(geometry: str = "downstream", size: int = 256, positions: int | None = None, seed: int = 0, *,
                          noise: bool = True, bandwidth: float = 0.02, n_energies: int = 5, n_layers: int = 4,
-                         oversample: int = 2, photons: float | None = None, coherence_in_geometry: bool = False,
+                         oversample: int | None = None, photons: float | None = None, coherence_in_geometry: bool = False,
                          phantom_seed: int = 0, workers: int | None = None):
     """Simulate a speckle scan with physics independent of the retrieval's forward model.
 
@@ -462,8 +475,8 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
         Quadrature energies sampling the spectrum (Gauss–Hermite, :func:`energy_samples`).
     n_layers : int
         Grain screens of the diffuser (multi-slice, ``layer_gap_m`` apart: 10 µm downstream, 100 µm up).
-    oversample : int
-        Fine-grid pixels per detector pixel and axis (1..4).
+    oversample : int, optional
+        Fine-grid pixels per detector pixel and axis, 1..6 (default 2 downstream, 4 upstream).
     photons : float, optional
         Mean open-beam photons per detector pixel (default 1e4).
     coherence_in_geometry : bool
@@ -499,7 +512,7 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
     conf = dict(DOWNSTREAM if geometry == "downstream" else UPSTREAM)
     n = _check_int("size", size, 64, 512)
     P = _check_int("positions", conf["positions"] if positions is None else positions, 1, 64)
-    s = _check_int("oversample", oversample, 1, 4)
+    s = _check_int("oversample", conf["oversample"] if oversample is None else oversample, 1, 6)
     L = _check_int("n_layers", n_layers, 1, 16)
     ne = _check_int("n_energies", n_energies, 1, 15)
     photons = float(conf["photons"] if photons is None else photons)
@@ -535,7 +548,7 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
 
     lam_max = HC_EV_M / energies.min()
     h = p / s
-    spread_m = lam_max * z_total / (2 * h)  # diffraction reach of the finest grid frequency
+    spread_m = lam_max * z_total / p  # diffraction reach of the frequency 1/(2h) at h = p/2 (grain detail)
     pad_px = int(math.ceil((1.5 * spread_m + 5 * sig_tot.max()) / p)) + 8
     grid = _Grid((H, W), p, s, pad_px)
     Hf, Wf = grid.shape
@@ -544,8 +557,12 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
     r_obj = np.random.default_rng(np.random.SeedSequence([int(phantom_seed), 13]))
 
     # diffuser: L layers of grain thickness (energy independent), shifts of the whole diffuser
-    layers = [grain_layer((Hf, Wf), h, r_dif, diameter_m=conf["grain_diameter_m"], coverage=conf["grain_coverage"],
-                          workers=w) for _ in range(L)]
+    layers = grain_layer((Hf, Wf), h, r_dif, diameter_m=conf["grain_diameter_m"], coverage=conf["grain_coverage"],
+                         n_layers=L, workers=w)
+    # anti-aliasing: soften the grain edges over σ = h/2 so that the phase step between neighbouring
+    # grid points stays resolvable (a sphere's chord has an infinite slope at its rim)
+    layers = gaussian_blur(layers, 0.5 * h, 0.5 * h, h, workers=w)
+    np.maximum(layers, 0.0, out=layers)
     shifts_m = _shifts(P, (Hf * h, Wf * h), 2.0 * conf["grain_diameter_m"][1], r_pos)
     ramp_minus = _ramps((Hf, Wf), h, shifts_m, +1.0)  # shifts a field by −s
     ramp_plus = np.conj(ramp_minus)  # shifts by +s
@@ -573,7 +590,10 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
         return sfft.ifft2(a, workers=w, overwrite_x=True)
 
     def add_intensity(acc, field, weight):
-        acc += np.float32(weight) * (field.real * field.real + field.imag * field.imag)
+        sq = np.square(field.real)
+        sq += np.square(field.imag)
+        sq *= np.float32(weight)
+        acc += sq
 
     for E, wt in zip(energies, weights):
         lam = HC_EV_M / E
@@ -593,11 +613,13 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
             """Spectra (P, ...) of the field just before the first layer → field after the last layer's
             propagation by z_last, for every diffuser position (shift trick: diffuser shifted by s ≡
             input shifted by −s, unshifted diffuser, output shifted by +s; exact on the periodic grid)."""
-            f = ifft(spec_in[None] * ramp_minus)
+            f = ifft(np.multiply(spec_in[None], ramp_minus))
             for j in range(L):
                 f *= screens[j]
                 if j < L - 1:  # multi-slice: free space between layers
-                    f = ifft(fft(f) * H_gap)
+                    f = fft(f)
+                    f *= H_gap
+                    f = ifft(f)
             g = fft(f)
             g *= H_last
             g *= ramp_plus
