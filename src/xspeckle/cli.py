@@ -383,6 +383,13 @@ def tomo(
         None, "--rings", metavar="METHOD",
         help="Remove sinogram stripes (rings) before FBP: gain (column gain errors of phase/D_eff), sorting, "
              "filtering, fitting, wavelet-fft, all (Vo et al. 2018 / Muench et al. 2009 via algotom)."),
+    half_acquisition: bool = typer.Option(
+        False, "--half-acquisition",
+        help="360-degree offset-axis scan: stitch theta and theta+180 into 180-degree sinograms of about twice "
+             "the width (axis from their overlap unless --center, given in the 360 sinogram)."),
+    dc: Optional[str] = typer.Option(
+        None, "--dc", metavar="METHOD",
+        help="Remove each phase projection's offset and tilt before FBP: wings (line fit to the air columns)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Reconstruct delta, beta (and diffusion) volumes by filtered back-projection."""
@@ -400,7 +407,8 @@ def tomo(
     _check_output(out, overwrite, retrieval)
     fn = _import("xspeckle.tomo.reconstruct", "reconstruct_file", "xspeckle tomo")
     with _progress("tomo") as cb:
-        path = fn(retrieval, out, center_px=center, overwrite=overwrite, progress=cb, rings=rings)
+        path = fn(retrieval, out, center_px=center, overwrite=overwrite, progress=cb, rings=rings,
+                  half_acquisition=half_acquisition, dc=dc)
     _out(f"wrote {path}")
 
 

@@ -1,6 +1,7 @@
 """Tomography: FBP (fast Fourier gridding and a reference back-projector), rotation centre,
 conversion of phase / transmission / D_eff sinograms to delta / beta / dark-field volumes,
-quadratic background removal, and the file-level reconstruction of a retrieval file."""
+quadratic background removal, ring (stripe) removal, 360-degree / half-acquisition stitching, per-projection
+offset and tilt removal, and the file-level reconstruction of a retrieval file."""
 
 from xspeckle.tomo.center import find_center, find_center_pair, opposite_pair
 from xspeckle.tomo.convert import (
@@ -13,9 +14,19 @@ from xspeckle.tomo.convert import (
 # ``xspeckle.tomo.fbp`` keeps meaning the module
 from xspeckle.tomo.fbp import FILTERS, GridrecPlan, angle_weights, backproject, fbp_filter, filter_sinogram
 from xspeckle.tomo.reconstruct import reconstruct_file
+from xspeckle.tomo.rings import RING_METHODS, column_gain, remove_rings
+from xspeckle.tomo.sinogram import DC_METHODS, convert_360_to_180, estimate_center_360, is_full_turn, remove_offset_tilt
 
 __all__ = [
+    "DC_METHODS",
     "FILTERS",
+    "RING_METHODS",
+    "column_gain",
+    "convert_360_to_180",
+    "estimate_center_360",
+    "is_full_turn",
+    "remove_offset_tilt",
+    "remove_rings",
     "GridrecPlan",
     "angle_weights",
     "backproject",

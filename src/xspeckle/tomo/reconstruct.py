@@ -31,6 +31,7 @@ from xspeckle.tomo.convert import (
 )
 from xspeckle.tomo.fbp import FILTERS
 from xspeckle.tomo.rings import RING_METHODS, remove_rings
+from xspeckle.tomo.sinogram import DC_METHODS, convert_360_to_180, estimate_center_360, is_full_turn, remove_offset_tilt
 
 __all__ = ["reconstruct_file", "VOLUME_UNITS"]
 
@@ -51,6 +52,8 @@ def reconstruct_file(
     method: str = "gridrec",
     rings: str | None = None,
     ring_params: dict | None = None,
+    half_acquisition: bool = False,
+    dc: str | None = None,
 ) -> Path:
     """Reconstruct the volumes of a retrieval file.
 
@@ -84,6 +87,16 @@ def reconstruct_file(
         (:func:`xspeckle.tomo.rings.remove_rings`); None (default) leaves them.
     ring_params : dict, optional
         Parameters of the ring filter (e.g. ``{"size": 31}``).
+    half_acquisition : bool
+        The scan is a 360-degree half-acquisition (offset-axis) scan: each row's sinogram is stitched into a
+        180-degree sinogram of width ``W2 = 2 W - overlap`` (:func:`xspeckle.tomo.sinogram.convert_360_to_180`)
+        and the volume is ``(H, W2, W2)``. ``center_px`` is then the axis column in the 360 sinogram (default:
+        estimated from the overlap of the two half turns, ``center_source = "360 overlap"``). A full-field
+        360-degree scan needs no flag (FBP weights angles modulo 180).
+    dc : {"wings"}, optional
+        Remove each phase projection's offset and slow tilt before FBP
+        (:func:`xspeckle.tomo.sinogram.remove_offset_tilt`): integrated phase is known up to a constant per
+        angle and drifts slowly; left alone they cup delta.
 
     Returns
     -------
@@ -97,6 +110,8 @@ def reconstruct_file(
     if rings is not None and rings not in RING_METHODS:
         raise ParameterError(f"tomo: unknown ring filter {rings!r}; use one of {', '.join(RING_METHODS)}")
     ring_params = dict(ring_params or {})
+    if dc is not None and dc not in DC_METHODS:
+        raise ParameterError(f"tomo: unknown offset/tilt method {dc!r}; use one of {', '.join(DC_METHODS)}")
     if int(slab_rows) < 1:
         raise ParameterError("tomo: slab_rows must be at least 1")
     check_output_path(out_path, overwrite=overwrite)
@@ -118,7 +133,27 @@ def reconstruct_file(
         p = geo.pixel_size_m / geo.magnification  # voxel size at the sample
         theta = r.theta_deg
         H, W = r.frame_shape
-        if center_px is None:
+        W_out = W
+        if half_acquisition:
+            if not is_full_turn(theta):
+                raise ParameterError(
+                    f"tomo: a half-acquisition scan needs angles over a full turn; {r.path} spans "
+                    f"{float(np.ptp(theta)):.4g} degrees"
+                )
+            src = "phase" if "phase" in r else "transmission"
+            rows = slice(int(0.1 * H), max(int(0.9 * H), int(0.1 * H) + 1), max(1, int(0.8 * H) // 8))
+            sino = np.moveaxis(r.read(src, rows=rows), 1, 0)
+            if src == "transmission":
+                sino = -np.log(np.clip(sino, 1e-6, None))
+            if center_px is None:
+                center, _, _ = estimate_center_360(sino, theta)
+                center_source = "360 overlap"
+            else:
+                center, center_source = float(center_px), "user"
+            center_refinement = "none"
+            probe, theta_rec, center_rec, _ = convert_360_to_180(sino[:1], theta, center=center)
+            W_out = probe.shape[-1]
+        elif center_px is None:
             src = "phase" if "phase" in r else "transmission"
             # 16 rows spread over the middle 80 % (one pass over the file: frames are chunked whole)
             rows = slice(int(0.1 * H), max(int(0.9 * H), int(0.1 * H) + 1), max(1, int(0.8 * H) // 16))
@@ -141,7 +176,9 @@ def reconstruct_file(
             center_source, center_refinement = "user", "none"
             if not -W < center < 2 * W:
                 raise ParameterError(f"tomo: --center {center_px} is far outside the detector (0..{W - 1} px)")
-        fkw = dict(center=center, filter=filter, method=method)
+        if not half_acquisition:
+            theta_rec, center_rec = theta, center
+        fkw = dict(center=center_rec, filter=filter, method=method)
         with atomic_path(out_path, overwrite=overwrite) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["xspeckle_version"] = __version__
@@ -152,13 +189,14 @@ def reconstruct_file(
                 f.attrs["center_refinement"] = center_refinement
                 f.attrs["parameters"] = json.dumps(
                     {"filter": filter, "background": background, "method": method, "center_px": float(center),
-                     "slab_rows": int(slab_rows), "rings": rings, "ring_params": ring_params}
+                     "slab_rows": int(slab_rows), "rings": rings, "ring_params": ring_params,
+                     "half_acquisition": bool(half_acquisition), "dc": dc}
                 )
                 g = f.create_group("volume")
                 g.attrs["voxel_size_m"] = float(p)
                 ds = {}
                 for v in todo:
-                    d = g.create_dataset(v, shape=(H, W, W), dtype=np.float32, chunks=(1, W, W))
+                    d = g.create_dataset(v, shape=(H, W_out, W_out), dtype=np.float32, chunks=(1, W_out, W_out))
                     d.attrs["units"] = VOLUME_UNITS[v]
                     ds[v] = d
                 if "diffusion" in ds:
@@ -167,18 +205,24 @@ def reconstruct_file(
                 for a, val in geo.to_attrs().items():
                     gg.attrs[a] = val
                 f.create_dataset("exchange/theta", data=np.asarray(theta, np.float64))
+                if half_acquisition:
+                    f.attrs["center_180_px"] = float(center_rec)  # axis column in the stitched sinograms
                 for r0 in range(0, H, int(slab_rows)):
                     rows = slice(r0, min(H, r0 + int(slab_rows)))
                     for v, src in todo.items():
                         sino = np.ascontiguousarray(np.moveaxis(r.read(src, rows=rows), 1, 0))  # (rows, A, W)
-                        if rings is not None:
+                        if rings is not None:  # stripes belong to detector columns: before any stitching
                             sino = remove_rings(sino, rings, **ring_params)
+                        if half_acquisition:
+                            sino = convert_360_to_180(sino, theta, center=center)[0]
+                        if dc is not None and v == "delta":
+                            sino = remove_offset_tilt(sino, method=dc)
                         if v == "delta":
-                            vol = delta_from_phase(sino, theta, wavenumber_per_m=k, voxel_size_m=p, **fkw)
+                            vol = delta_from_phase(sino, theta_rec, wavenumber_per_m=k, voxel_size_m=p, **fkw)
                         elif v == "beta":
-                            vol = beta_from_transmission(sino, theta, wavenumber_per_m=k, voxel_size_m=p, **fkw)
+                            vol = beta_from_transmission(sino, theta_rec, wavenumber_per_m=k, voxel_size_m=p, **fkw)
                         else:
-                            vol = diffusion_from_deff(sino, theta, voxel_size_m=p, **fkw)
+                            vol = diffusion_from_deff(sino, theta_rec, voxel_size_m=p, **fkw)
                         if background == "quadratic" and v != "diffusion":
                             remove_background_quadratic(vol)
                         ds[v][rows] = vol
