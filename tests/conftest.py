@@ -1,8 +1,16 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures, the hypothesis profiles and the CI rule "what users rely on must run".
 
 ``shared_dir`` locates the project's shared folder (specs, real data) next to the
-repository (``<repo>/../shared``, or ``$XSPECKLE_SHARED_DIR``); tests that need it are
-skipped with a clear reason where it is absent.
+repository (``<repo>/../shared``, or ``$XSPECKLE_SHARED_DIR``); on a developer machine tests
+that need it are skipped with a clear reason where it is absent.
+
+Under CI (environment ``CI=true``, set by ``.ci/run``):
+
+* hypothesis runs derandomised with no example database (profile ``ci``): the same examples
+  on every machine, so a property test cannot pass on one run and fail on the next;
+* a test that needs the shared real data (it uses ``shared_dir``, ``real_data_dir`` or
+  ``fourrod_path``) or is marked ``required_in_ci`` (the headless-browser report test)
+  FAILS instead of being skipped when its requirement is missing.
 """
 
 from __future__ import annotations
@@ -16,6 +24,44 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: true on the CI machine (``.ci/run`` sets CI=true; so do GitHub Actions and GitLab CI)
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+try:
+    from hypothesis import HealthCheck
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", derandomize=True, database=None, print_blob=True,
+                                   suppress_health_check=[HealthCheck.too_slow])
+    _hyp_settings.register_profile("dev")
+    _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if IN_CI else "dev"))
+except ImportError:  # pragma: no cover - hypothesis is in the [test] extra
+    pass
+
+#: fixtures whose presence means "this test reads the shared real data"
+_SHARED_FIXTURES = ("shared_dir", "real_data_dir", "fourrod_path")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "required_in_ci: must not be skipped on CI (a skip there is a failure)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI, a skipped test that needs the shared data or is ``required_in_ci`` is a failure."""
+    outcome = yield
+    if not IN_CI:
+        return
+    rep = outcome.get_result()
+    if not rep.skipped or hasattr(rep, "wasxfail"):
+        return
+    needs = item.get_closest_marker("required_in_ci") is not None or any(
+        f in getattr(item, "fixturenames", ()) for f in _SHARED_FIXTURES)
+    if needs:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"CI=true: this test must run, but was skipped: {reason}"
 
 
 def _find_shared() -> Path | None:

@@ -240,10 +240,13 @@ def test_retrieve_dispatch_passes_options(capsys, files, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "xspeckle.pipeline", types.SimpleNamespace(retrieve_scan=retrieve_scan))
     out = tmp_path / "out.h5"
     code, stdout, err = cli(capsys, "retrieve", files["scan"], out, "--method", "umpa", "--positions", "0,2",
-                            "--workers", "2", "--param", "window=5", "--param", "mode=fast", "--param", "w=[1, 2]")
+                            "--workers", "2", "--param", "window=5", "--param", "subpixel=paraboloid",
+                            "--param", "max_shift=3.0")
     assert code == 0 and not err
     assert calls["method"] == "umpa" and calls["positions"] == [0, 2] and calls["workers"] == 2
-    assert calls["params"] == {"window": 5, "mode": "fast", "w": [1, 2]}
+    # JSON values; text when it does not parse; 3.0 given to an int parameter arrives as 3
+    assert calls["params"] == {"window": 5, "subpixel": "paraboloid", "max_shift": 3}
+    assert type(calls["params"]["max_shift"]) is int
     assert calls["device"] == "cpu" and calls["overwrite"] is False and calls["scheduler"] is None
     assert str(out) in stdout
 
@@ -341,3 +344,227 @@ def test_subprocess_contract(files, tmp_path, args, match):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("xspeckle: error: ") and match in lines[0], p.stderr
     assert p.stdout == ""
+
+
+# ----------------------------------------------------------------------------- issue 15: reliability defects
+def _scan_with_geometry_attrs(path, small_scan, **attrs):
+    import shutil
+
+    shutil.copy(small_scan, path)
+    with h5py.File(path, "a") as f:
+        for k, v in attrs.items():
+            f["geometry"].attrs[k] = v
+    return path
+
+
+def test_geometry_numbers_stored_as_text_are_read_as_numbers(capsys, tmp_path, small_scan, monkeypatch):
+    """Case 1: str / bytes geometry attributes were a TypeError (exit 1) in retrieve and calibrate."""
+    p = _scan_with_geometry_attrs(tmp_path / "text.h5", small_scan, energy_ev="17000", pixel_size_m=b"1e-6",
+                                  sample_detector_distance_m=np.bytes_("0.5"))
+    code, out, err = cli(capsys, "info", p, "--check")
+    assert code == 0 and not err and "check: OK" in out
+    code, out, err = cli(capsys, "retrieve", p, tmp_path / "r.h5", "--method", "tie", "--param", "gamma=100")
+    assert code == 0, err
+    from xspeckle.io.results import open_retrieval
+
+    with open_retrieval(tmp_path / "r.h5") as r:
+        assert np.isfinite(r.read("phase")).all()
+
+    seen = {}
+
+    def calibrate_scan(scan, positions=None):  # the real calibration needs real speckle; the geometry is the point
+        seen["energy"] = scan.geometry.energy_ev * 1.0  # arithmetic on the value: TypeError before the fix
+        return {"coherence_length_x_m": 1e-5}
+
+    monkeypatch.setitem(sys.modules, "xspeckle.retrieve.coherence", types.SimpleNamespace(calibrate_scan=calibrate_scan))
+    code, out, err = cli(capsys, "calibrate", p)
+    assert code == 0 and not err and seen["energy"] == 17000.0
+
+
+@pytest.mark.parametrize("value, match", [("17 keV", "energy_ev must be a number in SI units, got '17 keV'"),
+                                          (b"\xff\xfe", "energy_ev must be a number"),
+                                          ("", "energy_ev must be a number")])
+def test_geometry_text_that_is_not_a_number(capsys, tmp_path, small_scan, value, match):
+    p = _scan_with_geometry_attrs(tmp_path / "bad.h5", small_scan, energy_ev=np.void(value) if isinstance(value, bytes) and value.startswith(b"\xff") else value)
+    for cmd in (["info", p, "--check"], ["retrieve", p, tmp_path / "o.h5", "--method", "mist"], ["calibrate", p]):
+        code, out, err = cli(capsys, *cmd)
+        assert_one_error(code, err, "energy_ev must be a number")
+        assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize(
+    "param, match",
+    [
+        ("alpha=abc", "parameter alpha='abc' must be a number"),
+        ("alpha=", "no value after '='"),
+        ("alpha=[1,2]", "parameter alpha=[1, 2] must be a number"),
+        ("alpha=NaN", "must be a finite number"),
+        ("alpha=Infinity", "must be a finite number"),
+        ("border_px=2.5", "border_px=2.5 must be a whole number"),
+        ("blur_calibration=3", "must be true or false"),
+        ("bogus=1", "has no parameter 'bogus'; valid parameter names: model, alpha,"),
+    ],
+)
+def test_bad_param_values_one_line(capsys, files, tmp_path, param, match):
+    """Cases 2 and 6: bad --param values and unknown keys, before any frame is read."""
+    code, _, err = cli(capsys, "retrieve", files["scan"], tmp_path / "o.h5", "--method", "mist", "--param", param)
+    assert_one_error(code, err, match)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_repeated_param_is_refused(capsys, files, tmp_path):
+    code, _, err = cli(capsys, "retrieve", files["scan"], tmp_path / "o.h5", "--method", "mist",
+                       "--param", "alpha=1e-3", "--param", "alpha=2e-3")
+    assert_one_error(code, err, "--param alpha is given twice")
+
+
+@pytest.mark.parametrize(
+    "method, param, match",
+    [
+        ("tie", "gamma=1e300", "gave NaN/inf in 100% of the"),
+        ("mist", "alpha=1e308", "gave a constant phase map"),
+        ("lcs", "alpha=1e308", "NaN/inf"),
+        ("mist", "border_px=1000000000", "border_px=1000000000 must be a whole number of pixels in 1..16"),
+    ],
+)
+def test_out_of_range_params_write_nothing(capsys, files, tmp_path, method, param, match):
+    """Case 3: no all-NaN or all-zero map written with exit 0, and no flood of RuntimeWarnings."""
+    out = tmp_path / "o.h5"
+    code, stdout, err = cli(capsys, "retrieve", files["scan"], out, "--method", method, "--param", param)
+    assert_one_error(code, err, match)
+    assert not out.exists() and not (tmp_path / ".o.h5.partial").exists()
+
+
+def test_warnings_are_one_line_on_success(capsys, files, monkeypatch):
+    import warnings
+
+    import xspeckle.cli as c
+
+    def noisy(path):
+        for i in range(50):
+            warnings.warn_explicit("overflow encountered in multiply", RuntimeWarning, "kernel.py", i)
+        return ["ok"]
+
+    monkeypatch.setattr(c, "_describe", noisy)
+    code, out, err = cli(capsys, "info", files["scan"])
+    assert code == 0 and out.strip() == "ok"
+    assert len(err) == 1 and err[0].startswith("xspeckle: warning: RuntimeWarning: overflow") and "49 more" in err[0]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address, match", [("not-an-address", "not a scheduler address; give HOST:PORT"),
+                                            ("tcp://127.0.0.1:99999", "outside 1..65535"),
+                                            ("ucx://host:1", "unsupported protocol"),
+                                            ("closed", "cannot connect")])
+def test_scheduler_address_fails_fast(capsys, files, tmp_path, address, match):
+    """Case 4: a malformed address was a ValueError traceback; a closed port took 22 s."""
+    import time
+
+    pytest.importorskip("distributed")
+    if address == "closed":
+        address = f"tcp://127.0.0.1:{_closed_port()}"
+    t0 = time.monotonic()
+    code, _, err = cli(capsys, "retrieve", files["scan"], tmp_path / "o.h5", "--method", "mist", "--scheduler", address)
+    assert_one_error(code, err, match)
+    assert time.monotonic() - t0 < 5
+
+
+def test_symlinked_output_rule(capsys, files, tmp_path):
+    """Case 7: an output name that is a symbolic link (dangling or not) needs --overwrite; then the
+    file it points to is replaced and the link is kept."""
+    target = tmp_path / "real.h5"
+    target.write_text("old")
+    link = tmp_path / "link.h5"
+    link.symlink_to(target)
+    args = ["retrieve", files["scan"], link, "--method", "tie", "--param", "gamma=100"]
+    code, _, err = cli(capsys, *args)
+    assert_one_error(code, err, "is a symbolic link to")
+    assert link.is_symlink() and target.read_text() == "old"
+    code, out, err = cli(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    with h5py.File(link, "r") as f:  # the target was replaced by the retrieval
+        assert "retrieval/phase" in f
+    dangling = tmp_path / "dangling.h5"
+    gone = tmp_path / "sub" / "gone.h5"
+    (tmp_path / "sub").mkdir()
+    dangling.symlink_to(gone)
+    code, _, err = cli(capsys, "retrieve", files["scan"], dangling, "--method", "tie", "--param", "gamma=100")
+    assert_one_error(code, err, "symbolic link (dangling)")
+    assert dangling.is_symlink() and not gone.exists()
+    code, _, err = cli(capsys, "retrieve", files["scan"], dangling, "--method", "tie", "--param", "gamma=100", "--overwrite")
+    assert code == 0 and dangling.is_symlink() and gone.is_file()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_unwritable_special_folder_is_refused_before_the_work(capsys, files, monkeypatch):
+    """Case 8: output under /proc failed after the computation with a raw h5py message."""
+    called = []
+    monkeypatch.setitem(sys.modules, "xspeckle.pipeline",
+                        types.SimpleNamespace(retrieve_scan=lambda *a, **k: called.append(1)))
+    code, _, err = cli(capsys, "retrieve", files["scan"], "/proc/o.h5", "--method", "mist")
+    assert_one_error(code, err, "cannot create files in folder /proc")
+    assert not called
+    code, _, err = cli(capsys, "simulate", "pwf-beads", "/proc/s.h5")
+    assert_one_error(code, err, "/proc")
+
+
+@pytest.mark.parametrize("name", ["a.tif", "b.TIFF", "c.edf", "d.npy"])
+def test_import_of_bare_frames_shows_the_sidecar(capsys, tmp_path, name):
+    """Case 10: 'not a readable HDF5 file' for TIFF input; now the minimal sidecar is shown."""
+    src = tmp_path / name
+    src.write_bytes(b"II*\x00")
+    code, _, err = cli(capsys, "import", src, tmp_path / "other.tif", tmp_path / "out.h5")
+    assert_one_error(code, err, "frames need a sidecar")
+    assert "geometry: {energy_ev:" in err[0] and "xspeckle import scan.yaml OUT.h5" in err[0] and "docs/import.md" in err[0]
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_help_lists_come_from_the_registries(capsys, monkeypatch):
+    """Case 11: method and preset lists in --help are read from METHODS and PRESETS (they cannot drift)."""
+    from xspeckle.retrieve import METHODS
+    from xspeckle.simulate.presets import PRESETS
+
+    code, out, err = cli(capsys, "retrieve", "--help")
+    assert code == 0 and not err
+    import re
+
+    for name in METHODS:
+        assert re.search(rf"^ +{re.escape(name)} +>= \d position", out, re.M), name
+    assert "--param keys: model, alpha" in out  # mist's keys, from its signature
+    code, out, _ = cli(capsys, "simulate", "--help")
+    for name in PRESETS:
+        assert re.search(rf"^ +{re.escape(name)}$", out, re.M), name
+    monkeypatch.setitem(PRESETS, "zz-new-preset", "added by a test")
+    monkeypatch.setitem(METHODS, "zz-new-method", ("xspeckle.no_such_module", "Nope"))
+    _, out, _ = cli(capsys, "simulate", "--help")
+    assert "zz-new-preset" in out and "added by a test" in out
+    _, out, _ = cli(capsys, "retrieve", "--help")
+    assert "zz-new-method" in out and "not available in this installation" in out
+
+
+def test_progress_bar_takes_fractions_and_starts_without_none(monkeypatch):
+    """Case 12 (CLI side): the bar starts as 'setting up' (not 0/None) and accepts fractional progress."""
+    import io
+
+    import xspeckle.cli as c
+
+    buf = io.StringIO()
+    buf.isatty = lambda: True
+    monkeypatch.setattr(sys, "stderr", buf)
+    monkeypatch.delenv("XSPECKLE_NO_PROGRESS", raising=False)
+    with c._progress("retrieve pwf") as cb:
+        assert cb is not None
+        from rich.progress import Progress  # noqa: F401  (rich is a dependency of typer)
+
+        cb(0, 1)
+        cb(0.4, 1)
+        cb(1, 1)
+    assert "None" not in buf.getvalue()

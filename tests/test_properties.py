@@ -134,22 +134,59 @@ METHODS = {
 }
 
 
+#: power-of-two intensity scales: multiplying float32 data by 2**k is exact, and so is every
+#: product, sum, quotient, sqrt and FFT of the scaled data (the exponent shifts, the mantissa
+#: does not change), so a method that is scale-invariant in exact arithmetic gives the same maps
+#: to the bit.  Only an additive constant (an epsilon guard, a floor) can break that, by at most a
+#: rounding of the largest value: the tolerance is SCALE_ULPS ulps of max|map| (measured: 0 ulps
+#: for every method, 30 seeds x 3 scales).  Scales that are not powers of two round the inputs
+#: (0.5 ulp) and the integer search of UMPA/XSVT/LCS can then pick the other of two shifts whose
+#: costs tie to float32 rounding, which moves single pixels by up to 4 % of the map's range
+#: (xsvt, seed 31, c = 7: transmission 0.022 at one pixel): those scales get the mean check below.
+POW2_SCALES = [2.0**-7, 2.0**3, 2.0**11]
+SCALE_ULPS = 4
+#: arbitrary scales: the mean |difference| stays within this fraction of max|map| (measured
+#: worst 1.2e-3, lcs phase, 200 seeds x 5 scales; single pixels may differ more, see above)
+MEAN_REL_TOL = 1e-2
+
+
+def _sample_for(ref, rng):
+    # the reference shifted by a fraction of a pixel, slightly attenuated, plus noise
+    smp = (0.9 * np.roll(ref, 1, axis=-1) * 0.5 + 0.45 * ref + 0.01 * rng.standard_normal(ref.shape)).astype(np.float32)
+    return smp.clip(0.05, None)
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 @settings(max_examples=6, deadline=None)
-@given(seed=st.integers(0, 2**16), c=st.sampled_from([1e-2, 7.0, 3e3]))
+@given(seed=st.integers(0, 2**16), c=st.sampled_from(POW2_SCALES))
 def test_methods_finite_shapes_and_scale_invariant(method, seed, c):
     rng = np.random.default_rng(seed)
     ref = speckle_stack(rng, 5)
-    # sample: the reference shifted by a fraction of a pixel, slightly attenuated, plus noise
-    smp = (0.9 * np.roll(ref, 1, axis=-1) * 0.5 + 0.45 * ref + 0.01 * rng.standard_normal(ref.shape)).astype(np.float32)
-    smp = smp.clip(0.05, None)
+    smp = _sample_for(ref, rng)
     params = {"gamma": 100.0} if method == "tie" else {}
     out = make_retriever(method, ref, GEOM, **params)(smp)
     out_c = make_retriever(method, ref * np.float32(c), GEOM, **params)(smp * np.float32(c))
     for k, v in out.items():
         assert v.shape[-2:] == ref.shape[-2:], (k, v.shape)
         assert np.isfinite(v).all(), k
+    eps = float(np.finfo(np.float32).eps)
     for k in METHODS[method]:
         a, b = out[k], out_c[k]
-        tol = 2e-3 * (np.abs(a).max() + 1e-6) + 1e-4
+        tol = SCALE_ULPS * eps * float(np.abs(a).max())
         assert np.abs(a - b).max() <= tol, (k, float(np.abs(a - b).max()), tol)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**16), c=st.sampled_from([1e-2, 7.0, 3e3]))
+def test_methods_scale_invariant_on_average(method, seed, c):
+    rng = np.random.default_rng(seed)
+    ref = speckle_stack(rng, 5)
+    smp = _sample_for(ref, rng)
+    params = {"gamma": 100.0} if method == "tie" else {}
+    out = make_retriever(method, ref, GEOM, **params)(smp)
+    out_c = make_retriever(method, ref * np.float32(c), GEOM, **params)(smp * np.float32(c))
+    for k in METHODS[method]:
+        a, b = out[k], out_c[k]
+        mean_rel = float(np.abs(a - b).mean()) / float(np.abs(a).max())
+        assert mean_rel <= MEAN_REL_TOL, (k, mean_rel)

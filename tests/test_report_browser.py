@@ -1,6 +1,7 @@
 """The demo report opens in a real browser with every figure displayed (headless Chromium).
 
-Skipped when no Chromium is installed (``apt-get install chromium``; CI may not have it).
+Skipped when no Chromium is installed (``apt-get install chromium``), except on CI, where
+``.ci/run`` installs it and a skip counts as a failure.
 A small report is built (64 px 2-D scans, a 32 px / 8-angle tomogram), then:
 
 1. Chromium loads a copy of ``index.html`` (same folder, so the same relative figure paths)
@@ -36,7 +37,9 @@ def _chromium() -> str | None:
 
 
 CHROMIUM = _chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+# on CI (CI=true) a skip here is a failure (tests/conftest.py): .ci/run installs Chromium
+pytestmark = [pytest.mark.required_in_ci,
+              pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")]
 
 _CHECK = """<script>
 window.addEventListener("load", function () {

@@ -617,8 +617,6 @@ def import_(
     """Convert TIFF/EDF stacks (+ sidecar), NXtomo or DXchange files into a scan file."""
     if compression not in (None, "gzip", "lzf"):
         raise ParameterError(f"--compression {compression!r}: use gzip or lzf")
-    for s in sources:
-        _check_input_file(s)
     frames = [s for s in sources if s.suffix.lower() in _FRAME_SUFFIXES]
     if frames:
         raise ParameterError(
@@ -627,6 +625,8 @@ def import_(
             "sample_detector_distance_m: 0.7}, reference: 'ref_*.tif', sample: 'smp_*.tif'} and run: "
             "xspeckle import scan.yaml OUT.h5 (format: docs/import.md)"
         )
+    for s in sources:
+        _check_input_file(s)
     _check_output(out, overwrite, *sources)
     sidecars = [s for s in sources if s.suffix.lower() in (".yaml", ".yml", ".json")]
     with _progress("import") as cb:
@@ -723,6 +723,7 @@ def _warnings_summarised() -> Iterator[None]:
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # each warning once per place; never an exception in the command line
         yield
     if caught:
         w = caught[0]

@@ -116,7 +116,7 @@ def check_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
             if var_kw:
                 continue  # the retriever checks its **params itself (e.g. pwf)
             valid = ", ".join(ps) or "(none)"
-            raise ParameterError(f"method {name!r} has no parameter {key!r}; valid parameters: {valid}")
+            raise ParameterError(f"method {name!r} has no parameter {key!r}; valid parameter names: {valid}")
         kinds = _kinds(p)
         if kinds is not None and not _ok(value, kinds):
             raise ParameterError(f"method {name!r}: parameter {key}={value!r} must be {_describe(kinds)}")
