@@ -723,7 +723,10 @@ def _warnings_summarised() -> Iterator[None]:
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")  # each warning once per place; never an exception in the command line
+        # numerical and user warnings: once per place, collected, never an exception here; other
+        # categories keep the interpreter's filters (ImportWarning, DeprecationWarning: ignored)
+        warnings.simplefilter("default", RuntimeWarning)
+        warnings.simplefilter("default", UserWarning)
         yield
     if caught:
         w = caught[0]
