@@ -139,3 +139,34 @@ def test_numba_is_a_core_dependency():
 
     deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.replace(" ", "").startswith("numba>=") for d in deps), deps
+
+
+@pytest.mark.parametrize("use_numba", [True, False])
+def test_momentum_step_equals_solver_formula(monkeypatch, use_numba):
+    # the explicit update of PWFModel.solve (pwf.md §4 step 8) for 3 projections, one rejected
+    monkeypatch.setattr(pk, "_USE_NUMBA", use_numba)
+    monkeypatch.setattr(pk, "_SMALL", 0)
+    rng = np.random.default_rng(5)
+    shp = (3, 1, 20, 24)
+
+    def c():
+        return (rng.standard_normal(shp) + 1j * rng.standard_normal(shp)).astype(np.complex64)
+
+    psi, z_old, acc = c(), c(), c()
+    g_re, g_im = rng.standard_normal((2,) + shp).astype(np.float32)
+    er, ei = np.array([1.0, 0.5, 0.25]), np.array([1.0, 1.0, 0.5])
+    ok = np.array([True, False, True])
+    beta = np.array([0.3, 0.0, 0.7])
+    # expected, written as in the solver
+    s4 = (3, 1, 1, 1)
+    z = psi - (g_re * er.astype(np.float32).reshape(s4) + 1j * g_im * ei.astype(np.float32).reshape(s4)).astype(np.complex64)
+    z = np.where(ok.reshape(s4), z, psi)
+    want_psi = z + beta.astype(np.float32).reshape(s4) * (z - z_old)
+    want_acc = np.where(ok.reshape(s4), psi, acc)
+    g_keep = g_re.copy()
+    p2, z2 = pk.momentum_step(psi, z_old, g_re, g_im, er, ei, ok, beta, psi_acc=acc)
+    assert p2 is psi and z2 is z_old
+    np.testing.assert_allclose(psi, want_psi, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(z_old, z, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(acc, want_acc)
+    np.testing.assert_array_equal(g_re, g_keep)
