@@ -381,7 +381,9 @@ class Retrieval:
                 Geometry.from_attrs(f["geometry"].attrs, source=f"{self.path}:/geometry") if "geometry" in f else None
             )
             self.theta_deg = np.asarray(f["exchange/theta"][()], np.float64) if "exchange/theta" in f else None
-            self.names = [k for k in f["retrieval"] if isinstance(f["retrieval"][k], h5py.Dataset)]
+            # maps are (A, H, W) or (C, A, H, W); per-angle records such as iterations/stop_reason (A,) are not
+            self.names = [k for k in f["retrieval"] if isinstance(f["retrieval"][k], h5py.Dataset)
+                          and f["retrieval"][k].ndim >= 3]
             if not self.names:
                 raise ScanFormatError(f"{self.path}: /retrieval holds no dataset")
             d0 = f["retrieval"][self.names[0]]
