@@ -80,11 +80,12 @@ DOWNSTREAM = dict(energy_ev=10000.0, pixel_size_m=650e-9, L1_m=3e-3, L2_m=20e-3,
                   grain_diameter_m=(0.5e-6, 3.0e-6), grain_coverage=2.0, layer_gap_m=10e-6, positions=12,
                   photons=1e4, beam_min_period_m=60e-6, oversample=2)
 #: MIST set-up of the ``mist-berry`` preset (17 keV, 5.8 µm px, sample–detector Δ = 1 m, diffuser 0.5 m
-#: upstream of the sample, x/y_coh 6/4 µm), sandpaper-like grains 6–20 µm in four sheets 100 µm apart, on a
-#: 4× finer grid (1.45 µm: the grains' phase, ~0.24 rad/µm of alumina at 17 keV, must be resolved).
+#: upstream of the sample, x/y_coh 6/4 µm), fine sandpaper-like grains 3–8 µm in four sheets 100 µm apart, on
+#: a 4× finer grid (1.45 µm): alumina at 17 keV gives ~0.24 rad/µm, and the grain rims must stay resolved
+#: (1 % of neighbouring grid steps exceed π/2 in phase, against 37 % for 8–30 µm grains on a 2× grid).
 UPSTREAM = dict(energy_ev=17000.0, pixel_size_m=5.8e-6, delta_m=1.0, diffuser_sample_m=0.5,
                 coherence_length_x_m=6e-6, coherence_length_y_m=4e-6, source_fwhm_m=(0.0, 0.0),
-                source_distance_m=100.0, grain_diameter_m=(6e-6, 20e-6), grain_coverage=0.5, layer_gap_m=100e-6,
+                source_distance_m=100.0, grain_diameter_m=(3e-6, 8e-6), grain_coverage=1.5, layer_gap_m=100e-6,
                 positions=10, photons=1e4, beam_min_period_m=500e-6, oversample=4)
 
 
@@ -451,7 +452,8 @@ def _check_int(name, value, lo, hi):
 def simulate_independent(geometry: str = "downstream", size: int = 256, positions: int | None = None, seed: int = 0, *,
                          noise: bool = True, bandwidth: float = 0.02, n_energies: int = 5, n_layers: int = 4,
                          oversample: int | None = None, photons: float | None = None, coherence_in_geometry: bool = False,
-                         phantom_seed: int = 0, workers: int | None = None):
+                         phantom_seed: int = 0, grain_diameter_m: tuple[float, float] | None = None,
+                         grain_coverage: float | None = None, workers: int | None = None):
     """Simulate a speckle scan with physics independent of the retrieval's forward model.
 
     Parameters
@@ -485,6 +487,11 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
     phantom_seed : int
         Seeds the bead layout (kept apart from *seed* so that seeds change the diffuser and the noise,
         not the object).
+    grain_diameter_m : (float, float), optional
+        Smallest and largest grain diameter (m); default 0.5–3 µm downstream, 3–8 µm upstream.
+    grain_coverage : float, optional
+        Grains per layer as the mean number over a point (:func:`grain_layer`); default 2 downstream
+        (speckle visibility ≈ 0.17), 1.5 upstream (≈ 0.30).  Larger = a stronger diffuser.
     workers : int, optional
         FFT worker threads (default: available cores, at most 4).
 
@@ -510,6 +517,15 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
     if geometry not in ("downstream", "upstream"):
         raise ParameterError(f"independent simulator: geometry={geometry!r} must be 'downstream' or 'upstream'")
     conf = dict(DOWNSTREAM if geometry == "downstream" else UPSTREAM)
+    if grain_diameter_m is not None:
+        gd = tuple(float(v) for v in grain_diameter_m)
+        if len(gd) != 2 or not 0 < gd[0] <= gd[1] <= 200e-6:
+            raise ParameterError(f"independent simulator: grain_diameter_m={grain_diameter_m} must be (min, max) in metres, 0 < min <= max <= 2e-4")
+        conf["grain_diameter_m"] = gd
+    if grain_coverage is not None:
+        if not 0 < float(grain_coverage) <= 50:
+            raise ParameterError(f"independent simulator: grain_coverage={grain_coverage} must be within (0, 50]")
+        conf["grain_coverage"] = float(grain_coverage)
     n = _check_int("size", size, 64, 512)
     P = _check_int("positions", conf["positions"] if positions is None else positions, 1, 64)
     s = _check_int("oversample", conf["oversample"] if oversample is None else oversample, 1, 6)
