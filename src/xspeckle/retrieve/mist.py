@@ -88,6 +88,7 @@ __all__ = [
     "fuse_diffusion",
     "single_material_tie",
     "default_epsilon_per_m2",
+    "auto_epsilon_per_m2",
     "inverse_laplacian_dct",
     "MODELS",
 ]
@@ -691,6 +692,22 @@ def _calibrate_tensor(tensor, curve):
     return xp.stack([l1 * c * c + l2 * s * s, l1 * s * s + l2 * c * c, (l1 - l2) * c * s]).astype(np.float32)
 
 
+_EPS_RULE = "auto: minimum estimated phase risk per projection (auto_epsilon_per_m2)"
+
+
+def _check_epsilon(epsilon_per_m2):
+    """None (default: auto), "auto", or a finite ε ≥ 0 in m⁻² (returned as float)."""
+    if epsilon_per_m2 is None or (isinstance(epsilon_per_m2, str) and epsilon_per_m2 == "auto"):
+        return None
+    try:
+        e = float(epsilon_per_m2)
+    except (TypeError, ValueError):
+        e = float("nan")
+    if not (e >= 0 and math.isfinite(e)):
+        raise ParameterError(f"epsilon_per_m2 must be 'auto' or finite and >= 0 (m^-2), got {epsilon_per_m2!r}")
+    return e
+
+
 def _check_border_px(border_px, H: int, W: int) -> int:
     """``border_px`` (the band whose median phase is set to 0) must lie in 1 .. max(8, min(H, W) // 2)."""
     hi = max(8, min(H, W) // 2)
@@ -700,9 +717,71 @@ def _check_border_px(border_px, H: int, W: int) -> int:
     return int(border_px)
 
 
-def _phase_from_laplacian(lap_phi, geometry: Geometry, epsilon_per_m2: float | None, border_px: int, filt=None):
+#: ε grid of the risk rule, in units of k_min² = (π/(N p))² (the lowest non-zero DCT frequency squared)
+_EPS_GRID_KMIN2 = np.concatenate([[0.0], np.logspace(-4, 1, 26)])
+#: upper bound of the auto ε (units of k_min²), chosen by measurement (benchmarks/results/mist.md)
+_EPS_AUTO_MAX_KMIN2 = 0.03
+
+
+def auto_epsilon_per_m2(spectrum, pixel_size_m: float, *, corner: int = 128) -> float:
+    """Inverse-Laplacian ε (m⁻²) chosen from the data by minimising an estimate of the phase error.
+
+    For the DCT coefficients f̂(k) of the measured ∇²φ = signal + white noise of variance σ² per
+    coefficient, the Tikhonov solution ``φ̂ = −f̂/(k² + ε)`` has the expected squared error
+    ``R(ε) = Σ_k |s(k)|² ε²/(k⁴(k² + ε)²) + σ²/(k² + ε)²`` (bias + noise; the classical Tikhonov risk,
+    e.g. Vogel, *Computational Methods for Inverse Problems*, SIAM 2002, §7.1 "unbiased predictive risk").
+    σ² = the smallest median of |f̂|² over the octave bands [N/16, N/8), …, [N/2, N) of the DCT index
+    (the noise floor: the sample's signal only adds power, and the noise of a Laplacian-based estimate
+    rises with k), ``|s|² = max(|f̂|² − σ², 0)``.  ε only changes terms with k² ≲ 10⁴ ε,
+    so R is summed over the ``corner × corner`` lowest frequencies; the grid is ε ∈ {0} ∪ 10^[−4, 1]·k_min².
+
+    Parameters
+    ----------
+    spectrum : array (H, W)
+        DCT-II (``backend.dctn``) of ∇²φ in rad/m².
+    pixel_size_m : float
+
+    Returns
+    -------
+    float : ε in m⁻² (0 allowed: the k = 0 term is then dropped).
+    """
+    xp = B.get_xp(spectrum)
+    h, w = spectrum.shape[-2:]
+    # noise floor: the smallest median power over octave bands (the signal only adds power; the noise of a
+    # Laplacian-based estimate rises with k, so the top band alone would overstate it at low k)
+    sig2 = np.inf
+    for lo in (16, 8, 4, 2):
+        band = spectrum[h // lo : 2 * h // lo : 2, w // lo : 2 * w // lo : 2]
+        if band.size:
+            sig2 = min(sig2, float(xp.median(band.astype(np.float64) ** 2)))
+    ch, cw = min(h, corner), min(w, corner)
+    f2 = B.asnumpy(spectrum[:ch, :cw]).astype(np.float64) ** 2
+    ky = np.pi * np.arange(ch) / (h * pixel_size_m)
+    kx = np.pi * np.arange(cw) / (w * pixel_size_m)
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    k2[0, 0] = np.inf  # the mean is fixed by the border rule, not by ε
+    s2 = np.maximum(f2 - sig2, 0.0)
+    kmin2 = (np.pi / (max(h, w) * pixel_size_m)) ** 2
+    best, best_r = 0.0, np.inf
+    for e in _EPS_GRID_KMIN2[_EPS_GRID_KMIN2 <= _EPS_AUTO_MAX_KMIN2 * (1 + 1e-9)] * kmin2:
+        d = k2 + e
+        r = float(np.sum(s2 * (e * e) / (k2 * k2 * d * d) + sig2 / (d * d)))
+        if r < best_r:
+            best, best_r = float(e), r
+    return best
+
+
+def _phase_from_laplacian(lap_phi, geometry: Geometry, epsilon_per_m2: float | str | None, border_px: int, filt=None):
     """φ from ∇²φ by the inverse Laplacian, background by the border median; *filt* (optional) is the
-    precomputed :func:`_inverse_laplacian_filter` for this shape and ε."""
+    precomputed :func:`_inverse_laplacian_filter` for this shape and ε.  ``epsilon_per_m2="auto"``:
+    ε from the data (:func:`auto_epsilon_per_m2`); ``None``: :func:`default_epsilon_per_m2`."""
+    if isinstance(epsilon_per_m2, str):  # "auto"
+        xp = B.get_xp(lap_phi)
+        spec = B.dctn(xp.asarray(lap_phi, dtype=np.float32))
+        eps = auto_epsilon_per_m2(spec, geometry.pixel_size_m)
+        spec *= _inverse_laplacian_filter(lap_phi.shape, geometry.pixel_size_m, eps, xp)
+        phase = B.idctn(spec).astype(np.float32, copy=False)
+        return zero_border_median(phase, border_px), eps
     eps = default_epsilon_per_m2(lap_phi.shape, geometry.pixel_size_m) if epsilon_per_m2 is None else float(epsilon_per_m2)
     # Gureyev & Nugent inverse Laplacian (Pavlov 2020 after Eq. 7), background by border median
     if filt is None:
@@ -733,10 +812,13 @@ class MISTRetriever(Retriever):
         alpha is Alloo 2023's row weight (α·I₄ rows appended to A, i.e. α² added to
         AᵀA of the equilibrated system); default std(A)/10⁴ of the equilibrated A, which
         keeps the method unit-independent (in Alloo's µm units it is equally small).
-    epsilon_per_m2 : float, optional
-        Tikhonov ε (m⁻²) of the inverse Laplacian.  Default
-        :func:`default_epsilon_per_m2` (0.1·k_min²); ``model="rapid"`` defaults to
-        Alloo 2023's 1e-5 µm⁻² = 1e7 m⁻².
+    epsilon_per_m2 : float or "auto", optional
+        Tikhonov ε (m⁻²) of the inverse Laplacian.  Default ``"auto"``: chosen per projection from
+        the data by :func:`auto_epsilon_per_m2` (minimum estimated phase risk, capped at
+        0.03·k_min²; within 1.11× of ε = 0 and of mbipy on every synthetic set measured, up to 1.12×
+        better with noise or dark field — benchmarks/results/mist.md), the value used is in
+        ``last_epsilon_per_m2``; a number fixes it (:func:`default_epsilon_per_m2` gives the former
+        default 0.1·k_min²).  ``model="rapid"`` defaults to Alloo 2023's 1e-5 µm⁻² = 1e7 m⁻².
     gamma : float, optional
         δ/β, required for ``model="attenuating"`` (and used by ``"rapid"`` for an
         optional transmission when given).
@@ -792,8 +874,7 @@ class MISTRetriever(Retriever):
             raise ParameterError("mist model 'attenuating' needs gamma = delta/beta of the sample material (e.g. gamma=2335 for PMMA at 25 keV)")
         if gamma is not None and not (float(gamma) > 0 and math.isfinite(float(gamma))):
             raise ParameterError(f"gamma (delta/beta) must be a positive number, got {gamma!r}")
-        if epsilon_per_m2 is not None and not (float(epsilon_per_m2) >= 0 and math.isfinite(float(epsilon_per_m2))):
-            raise ParameterError(f"epsilon_per_m2 must be finite and >= 0 (m^-2), got {epsilon_per_m2!r}")
+        epsilon_per_m2 = _check_epsilon(epsilon_per_m2)
         if alpha is not None and not (float(alpha) >= 0 and math.isfinite(float(alpha))):
             raise ParameterError(f"alpha must be finite and >= 0, got {alpha!r}")
         self.model = model
@@ -806,7 +887,8 @@ class MISTRetriever(Retriever):
         self._p, self._delta, self._k = p, delta, k
         if model == "rapid" and epsilon_per_m2 is None:
             epsilon_per_m2 = 1e7  # Alloo 2023 (update script): 1e-5 µm⁻² = 1e7 m⁻²
-        self.epsilon_per_m2 = None if epsilon_per_m2 is None else float(epsilon_per_m2)
+        # default: ε from each projection's data (auto_epsilon_per_m2); a number fixes it
+        self.epsilon_per_m2 = "auto" if epsilon_per_m2 is None else epsilon_per_m2
         self._fast = None
         if model != "phase-object":
             lap_px = _laplacian_px(ref)  # ∇²I_R in px⁻² (5-point stencil of derivatives.laplacian)
@@ -874,9 +956,8 @@ class MISTRetriever(Retriever):
         self.parameters = {
             "model": model,
             "alpha": self.alpha,
-            "epsilon_per_m2": self.epsilon_per_m2
-            if self.epsilon_per_m2 is not None
-            else default_epsilon_per_m2((H, W), p),
+            "epsilon_per_m2": self.epsilon_per_m2,
+            "epsilon_rule": _EPS_RULE if self.epsilon_per_m2 == "auto" else "fixed",
             "gamma": self.gamma,
             "border_px": self.border_px,
             "n_positions": P,
@@ -885,8 +966,9 @@ class MISTRetriever(Retriever):
         if model == "rapid":
             self.parameters["fusion_r_m2"] = self.fusion_r_m2
         # inverse-Laplacian factor for this shape and ε: reference-only work, done once
-        self._ilap = (_inverse_laplacian_filter((H, W), p, self.parameters["epsilon_per_m2"], xp)
-                      if model in ("phase-object", "rapid") else None)
+        self._ilap = (_inverse_laplacian_filter((H, W), p, self.epsilon_per_m2, xp)
+                      if model in ("phase-object", "rapid") and self.epsilon_per_m2 != "auto" else None)
+        self.last_epsilon_per_m2 = None  # the ε of the latest projection (auto rule)
         self._calib = None
         self._diffusion_only = False  # internal: calibration runs need D only
         self.blur_calibration = bool(blur_calibration)
@@ -952,7 +1034,8 @@ class MISTRetriever(Retriever):
                                                    want_residual=not self._diffusion_only)
             if self._diffusion_only:
                 return {"diffusion": d_eff}
-            phase, _ = _phase_from_laplacian(lap_phi, self.geometry, self.epsilon_per_m2, self.border_px, self._ilap)
+            phase, self.last_epsilon_per_m2 = _phase_from_laplacian(lap_phi, self.geometry, self.epsilon_per_m2,
+                                                                    self.border_px, self._ilap)
             return {"phase": _finite(phase), "diffusion": self._calibrated(d_eff), "residual": res}
         xp = B.get_xp(sample)
         ref = self.reference
@@ -974,7 +1057,8 @@ class MISTRetriever(Retriever):
         d_eff = c * np.float32(self._p**2 / self._delta)  # D_eff = c·p²/Δ   [m]
         if self._diffusion_only:
             return {"diffusion": _finite(d_eff)}
-        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px, self._ilap)
+        phase, self.last_epsilon_per_m2 = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2,
+                                                                self.border_px, self._ilap)
         return {"phase": _finite(phase), "diffusion": self._calibrated(_finite(d_eff)), "residual": _finite(res)}
 
     def _attenuating(self, sample):
@@ -1046,7 +1130,8 @@ class MISTRetriever(Retriever):
             num += ref[n] * cn
             den += ref[n] * ref[n]
         lap_phi = (num / xp.maximum(den, 1e-30) * (k / delta)).astype(np.float32)
-        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px, self._ilap)
+        phase, self.last_epsilon_per_m2 = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2,
+                                                                self.border_px, self._ilap)
         out = {"phase": _finite(phase), "diffusion": self._calibrated(_finite(d_f)), "residual": _finite(res)}
         if self.gamma is not None:
             # single-material transmission φ = (γ/2) ln T → T = exp(2φ/γ); D_att = D_f/T (Alloo 2023)
@@ -1088,7 +1173,7 @@ class DirectionalMISTRetriever(Retriever):
     alpha : float
         Tikhonov weight relative to the equilibrated normal matrix (default 1e-3).
     epsilon_per_m2 : float, optional
-        Inverse-Laplacian ε (m⁻², phase-object model), default :func:`default_epsilon_per_m2`.
+        Inverse-Laplacian ε (m⁻², phase-object model) or ``"auto"`` (default), as :class:`MISTRetriever`.
     border_px, block_rows : int
         As :class:`MISTRetriever`.
     blur_calibration : bool
@@ -1125,6 +1210,7 @@ class DirectionalMISTRetriever(Retriever):
             raise ParameterError(f"gamma (delta/beta) must be a positive number, got {gamma!r}")
         if not (float(alpha) >= 0 and math.isfinite(float(alpha))):
             raise ParameterError(f"alpha must be finite and >= 0, got {alpha!r}")
+        epsilon_per_m2 = _check_epsilon(epsilon_per_m2)
         ref = self.reference
         P, H, W = ref.shape
         if min(H, W) < 4:
@@ -1154,7 +1240,7 @@ class DirectionalMISTRetriever(Retriever):
             self.outputs = ("phase", "transmission", "diffusion", "diffusion_tensor", "residual")
         self.alpha = float(alpha)
         self._lsq = _PixelLSQ(cols, self.alpha, block_rows)
-        self.epsilon_per_m2 = None if epsilon_per_m2 is None else float(epsilon_per_m2)
+        self.epsilon_per_m2 = "auto" if epsilon_per_m2 is None else epsilon_per_m2
         self.border_px = _check_border_px(border_px, *self.reference.shape[-2:])
         self._p = geometry.pixel_size_m
         self._delta = geometry.sample_detector_distance_m
@@ -1162,16 +1248,16 @@ class DirectionalMISTRetriever(Retriever):
         self.parameters = {
             "model": "phase-object-directional" if model == "phase-object" else "attenuating-directional",
             "alpha": self.alpha,
-            "epsilon_per_m2": self.epsilon_per_m2
-            if self.epsilon_per_m2 is not None
-            else default_epsilon_per_m2((H, W), self._p),
+            "epsilon_per_m2": self.epsilon_per_m2,
+            "epsilon_rule": _EPS_RULE if self.epsilon_per_m2 == "auto" else "fixed",
             "gamma": self.gamma,
             "border_px": self.border_px,
             "n_positions": P,
             "sample_detector_distance_m": self._delta,
         }
-        self._ilap = (_inverse_laplacian_filter((H, W), self._p, self.parameters["epsilon_per_m2"], B.get_xp(ref))
-                      if model == "phase-object" else None)
+        self._ilap = (_inverse_laplacian_filter((H, W), self._p, self.epsilon_per_m2, B.get_xp(ref))
+                      if model == "phase-object" and self.epsilon_per_m2 != "auto" else None)
+        self.last_epsilon_per_m2 = None
         self._diffusion_only = False
         self._calib = None
         self.blur_calibration = bool(blur_calibration)
@@ -1213,7 +1299,8 @@ class DirectionalMISTRetriever(Retriever):
         if self._diffusion_only:
             return {"diffusion": 0.5 * (tensor[0] + tensor[1])}
         tensor = _finite(_calibrate_tensor(tensor, self._calib))
-        phase, _ = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2, self.border_px, self._ilap)
+        phase, self.last_epsilon_per_m2 = _phase_from_laplacian(_finite(lap_phi), self.geometry, self.epsilon_per_m2,
+                                                                self.border_px, self._ilap)
         return {
             "phase": _finite(phase),
             "diffusion": _finite(0.5 * (tensor[0] + tensor[1])),
