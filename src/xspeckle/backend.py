@@ -49,11 +49,32 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def fft_workers() -> int:
-    """Number of CPU threads for ``scipy.fft`` (env ``XSPECKLE_FFT_WORKERS``, default all available cores)."""
+#: default: transforms (and fused kernels) of fewer elements than this run on ONE thread.  Measured
+#: (benchmarks/bench_threads.py, results/threads.md): on 2 cores a 64² complex64 FFT is 2.7x slower with 2
+#: workers than with 1, 128² 1.8x, 256² 1.3x (thread hand-off costs more than the work; worse on a
+#: loaded machine), while from 1024² up the threads pay.  2**18 = 512².
+THREADING_MIN_ELEMENTS = 1 << 18
+
+
+def fft_workers(size: int | None = None) -> int:
+    """Number of CPU threads for ``scipy.fft`` and the fused numba kernels.
+
+    Parameters
+    ----------
+    size : int, optional
+        Elements of the array to transform.  Below :data:`THREADING_MIN_ELEMENTS` the default is 1
+        (threads cost more than they save there, see the constant's note); ``None`` = a large array.
+
+    Returns
+    -------
+    int ≥ 1: env ``XSPECKLE_FFT_WORKERS`` when set (always honoured; the pipeline sets it per worker
+    process to its share of the cores), else all available cores, or 1 for small arrays.
+    """
     env = os.environ.get("XSPECKLE_FFT_WORKERS")
     if env:
         return max(1, int(env))
+    if size is not None and int(size) < THREADING_MIN_ELEMENTS:
+        return 1
     return available_cores()
 
 
@@ -110,7 +131,7 @@ def _fftmod(x: Any):
         import cupyx.scipy.fft as cufft
 
         return cufft, {}
-    return _sfft, {"workers": fft_workers()}
+    return _sfft, {"workers": fft_workers(getattr(x, "size", None))}
 
 
 def fft2(x, axes=(-2, -1), overwrite_x: bool = False):

@@ -69,9 +69,9 @@ _TLS = threading.local()
 _SMALL = 1 << 16
 
 
-def kernel_threads() -> int:
-    """Threads of the fused element-wise kernels: the FFT worker count (:func:`xspeckle.backend.fft_workers`)."""
-    return B.fft_workers()
+def kernel_threads(size: int | None = None) -> int:
+    """Threads of the fused element-wise kernels for *size* elements: :func:`xspeckle.backend.fft_workers`."""
+    return B.fft_workers(size)
 
 
 # --------------------------------------------------------------------------- numba kernels (float32 views)
@@ -317,7 +317,7 @@ def _executor(n: int):
 
 def _run(fn, rows: int, size: int, *args) -> None:
     """``fn(*args, r0, r1)`` over row blocks of ``[0, rows)`` on :func:`kernel_threads` threads."""
-    nt = kernel_threads()
+    nt = kernel_threads(size)
     if nt <= 1 or size < _SMALL or rows < 2:
         fn(*args, 0, rows)
         return
@@ -349,17 +349,17 @@ class NumbaOps:
 
     # -- FFTs (in place where the transform allows it)
     def fft2(self, a):
-        return self.sfft.fft2(a, overwrite_x=True, workers=B.fft_workers())
+        return self.sfft.fft2(a, overwrite_x=True, workers=B.fft_workers(a.size))
 
     def ifft2(self, a):
-        return self.sfft.ifft2(a, overwrite_x=True, workers=B.fft_workers())
+        return self.sfft.ifft2(a, overwrite_x=True, workers=B.fft_workers(a.size))
 
     def rfft2(self, a):
-        return self.sfft.rfft2(a, workers=B.fft_workers())
+        return self.sfft.rfft2(a, workers=B.fft_workers(a.size))
 
     def irfft2(self, a, shape):
         # two 1-D passes, the first in place on the (consumed) spectrum: scipy's irfft2 copies its input
-        w = B.fft_workers()
+        w = B.fft_workers(a.size)
         a = self.sfft.ifft(a, axis=-2, overwrite_x=True, workers=w)
         return self.sfft.irfft(a, n=shape[-1], axis=-1, overwrite_x=True, workers=w)
 
