@@ -18,7 +18,8 @@ import numpy as np
 from xspeckle import backend as B
 from xspeckle.errors import InputError
 
-__all__ = ["normalise", "crop", "bin_frames", "fix_bad_pixels"]
+__all__ = ["normalise", "crop", "bin_frames", "fix_bad_pixels", "DRIFT_REGIONS", "drift_mask", "shift_frames",
+           "estimate_shift", "estimate_drift", "correct_drift"]
 
 
 def fix_bad_pixels(img, *, mask=None, size: int = 3):
@@ -148,3 +149,183 @@ def bin_frames(frames, factor: int):
     f = frames[..., : h2 * factor, : w2 * factor]
     f = f.reshape(*f.shape[:-2], h2, factor, w2, factor)
     return f.mean(axis=(-3, -1), dtype=xp.float32)
+
+
+# --------------------------------------------------------------------------- drift (issue 18)
+#: regions accepted by :func:`estimate_drift` (and ``xspeckle retrieve --drift``)
+DRIFT_REGIONS = ("wings", "frame")
+
+
+def _pad_width(shift_px) -> int:
+    return int(np.ceil(float(np.max(np.abs(np.asarray(shift_px, dtype=np.float64)))))) + 8
+
+
+def _fourier_shift(img, shift_px, *, gradient: bool = False):
+    """``img(r - s)`` by the Fourier shift theorem on a reflect-padded copy (no wrap-around into the frame).
+
+    ``F{f(r - s)} = F{f} exp(-2 pi i (f_y s_y + f_x s_x))``; with ``gradient`` also the spectral derivatives
+    ``d/dy`` and ``d/dx`` of the shifted image (multiplication by ``2 pi i f``). Returns float32 arrays of
+    ``img``'s shape (same array module).
+    """
+    xp = B.get_xp(img)
+    sy, sx = (float(v) for v in shift_px)
+    pad = _pad_width((sy, sx))
+    a = xp.pad(xp.asarray(img, dtype=xp.float32), pad, mode="reflect")
+    ny, nx = a.shape
+    fy = xp.fft.fftfreq(ny).astype(xp.float32)[:, None]
+    fx = xp.fft.rfftfreq(nx).astype(xp.float32)[None, :]
+    spec = B.rfft2(a)
+    spec *= xp.exp((-2j * np.pi) * (fy * sy + fx * sx)).astype(xp.complex64)
+    crop = (slice(pad, pad + img.shape[-2]), slice(pad, pad + img.shape[-1]))
+    out = B.irfft2(spec, s=(ny, nx))[crop].astype(xp.float32)
+    if not gradient:
+        return out
+    gy = B.irfft2(spec * ((2j * np.pi) * fy).astype(xp.complex64), s=(ny, nx))[crop].astype(xp.float32)
+    gx = B.irfft2(spec * ((2j * np.pi) * fx).astype(xp.complex64), s=(ny, nx))[crop].astype(xp.float32)
+    return out, gy, gx
+
+
+def shift_frames(frames, shifts_px):
+    """Shift frames by sub-pixel amounts: ``out[p](r) = frames[p](r - shifts_px[p])`` (Fourier, reflect-padded).
+
+    Parameters
+    ----------
+    frames : array (H, W) or (P, H, W)
+    shifts_px : array (2,) or (P, 2)
+        ``(dy, dx)`` in pixels per frame.
+
+    Returns
+    -------
+    float32 array of the same shape and array module.
+    """
+    xp = B.get_xp(frames)
+    f = xp.asarray(frames, dtype=xp.float32)
+    s = np.asarray(B.asnumpy(shifts_px), dtype=np.float64)
+    if f.ndim == 2:
+        return _fourier_shift(f, s.reshape(2))
+    s = s.reshape(f.shape[0], 2)
+    return xp.stack([_fourier_shift(f[i], s[i]) for i in range(f.shape[0])])
+
+
+def drift_mask(shape, region: str = "wings", *, wing_frac: float = 0.1):
+    """Pixels used to measure drift: the free-space side wings (``wing_frac`` of the width each side) or the frame.
+
+    Returns
+    -------
+    ndarray (H, W) bool.
+    """
+    if region not in DRIFT_REGIONS:
+        raise InputError(f"drift: region must be one of {', '.join(DRIFT_REGIONS)}, got {region!r}")
+    h, w = shape
+    m = np.zeros((h, w), dtype=bool)
+    if region == "frame":
+        m[:] = True
+        return m
+    k = int(round(float(wing_frac) * w))
+    if not 4 <= k <= w // 3:
+        raise InputError(f"drift: wing_frac={wing_frac} gives {k} columns per wing of {w}; use 4..{w // 3} columns")
+    m[:, :k] = True
+    m[:, w - k :] = True
+    return m
+
+
+def estimate_shift(reference, image, *, mask=None, iterations: int = 30, tol_px: float = 1e-4) -> np.ndarray:
+    """Sub-pixel shift ``s = (dy, dx)`` (px) with ``image(r) ~ a * reference(r - s)`` over *mask*.
+
+    Coarse: the integer peak of the FFT cross-correlation of the masked, mean-subtracted frames. Fine:
+    Gauss-Newton on ``sum_mask (image - a R(r - s))^2`` over (a, s), the shifted reference and its gradient
+    computed exactly in Fourier space (the Lucas-Kanade step, Lucas & Kanade, IJCAI 1981, Eq. 10, with a gain
+    ``a`` for intensity changes). A border of ``|s| + 1`` px (where the shifted reference would need data from outside the frame) is left
+    out of the fit.
+
+    Parameters
+    ----------
+    reference, image : array (H, W)
+        Normalised frames (NumPy or CuPy), e.g. the reference speckle and a sample frame of one diffuser position.
+    mask : array (H, W) bool, optional
+        Pixels to match (e.g. :func:`drift_mask`); default all.
+
+    Returns
+    -------
+    ndarray (2,) float64: ``(dy, dx)`` in pixels (image content moved by +s relative to the reference).
+    """
+    xp = B.get_xp(reference)
+    r = xp.asarray(reference, dtype=xp.float32)
+    g = xp.asarray(image, dtype=xp.float32)
+    if r.shape != g.shape or r.ndim != 2:
+        raise InputError(f"drift: reference {tuple(r.shape)} and image {tuple(g.shape)} must be two (H, W) frames")
+    h, w = r.shape
+    m = xp.ones((h, w), dtype=bool) if mask is None else xp.asarray(mask, dtype=bool)
+    if int(m.sum()) < 64:
+        raise InputError("drift: fewer than 64 pixels to match; widen the wings or use region='frame'")
+    # coarse: integer peak of the cross-correlation (cross-power spectrum, numpy-sign FFT)
+    mf = m.astype(xp.float32)
+    r0 = (r - r[m].mean()) * mf
+    g0 = (g - g[m].mean()) * mf
+    cc = B.irfft2(B.rfft2(g0) * xp.conj(B.rfft2(r0)), s=(h, w))
+    iy, ix = (int(v) for v in np.unravel_index(int(xp.argmax(cc)), (h, w)))
+    s = np.array([iy - h if iy > h // 2 else iy, ix - w if ix > w // 2 else ix], dtype=np.float64)
+    a = 1.0
+    for _ in range(int(iterations)):
+        R, gy, gx = _fourier_shift(r, s, gradient=True)
+        b = int(np.ceil(np.max(np.abs(s)))) + 1
+        use = m.copy()
+        use[:b, :] = False
+        use[-b:, :] = False
+        use[:, :b] = False
+        use[:, -b:] = False
+        e = (g - a * R)[use].astype(xp.float64)
+        # d/ds of a R(r - s) = -a grad R(r - s); d/da = R(r - s)
+        J = xp.stack([R[use], -a * gy[use], -a * gx[use]]).astype(xp.float64)  # (3, n)
+        JtJ = B.asnumpy(J @ J.T)
+        Jte = B.asnumpy(J @ e)
+        try:
+            d = np.linalg.solve(JtJ, Jte)
+        except np.linalg.LinAlgError:
+            raise InputError("drift: the frames have no texture to match in the chosen region") from None
+        a += float(d[0])
+        s += d[1:]
+        if np.max(np.abs(d[1:])) < tol_px:
+            break
+    return s
+
+
+def estimate_drift(reference, sample, *, region: str = "wings", wing_frac: float = 0.1) -> np.ndarray:
+    """Shift of the speckle pattern between each reference and sample frame of one projection.
+
+    A diffuser that does not return to exactly the same place (repositioning error, slow drift) moves the
+    speckle of the sample frame relative to its reference; every method then reads that shift as refraction.
+    In the free-space wings (no sample) the two frames differ only by it.
+
+    Parameters
+    ----------
+    reference, sample : array (P, H, W)
+        Normalised reference and sample frames, one per diffuser position.
+    region : {"wings", "frame"}
+        Where to match: the side wings (``wing_frac`` of the width each side, free of the sample at every
+        angle) or the whole frame (when the sample's refraction averages out, or for reference/reference pairs).
+
+    Returns
+    -------
+    ndarray (P, 2) float64: ``(dy, dx)`` px per position, ``sample[p](r) ~ reference[p](r - s_p)`` in air.
+    """
+    r = reference if reference.ndim == 3 else reference[None]
+    g = sample if sample.ndim == 3 else sample[None]
+    if r.shape != g.shape:
+        raise InputError(f"drift: reference {tuple(r.shape)} and sample {tuple(g.shape)} differ in shape")
+    m = drift_mask(r.shape[-2:], region, wing_frac=wing_frac)
+    return np.stack([estimate_shift(r[i], g[i], mask=m) for i in range(r.shape[0])])
+
+
+def correct_drift(reference, sample, *, region: str = "wings", wing_frac: float = 0.1):
+    """Estimate the drift of each position and shift the reference onto the sample's speckle.
+
+    The reference is moved (not the sample), so the sample itself stays where it is in the projection.
+
+    Returns
+    -------
+    (reference_shifted (P, H, W) float32, shifts (P, 2) float64 px).
+    """
+    shifts = estimate_drift(reference, sample, region=region, wing_frac=wing_frac)
+    ref = reference if reference.ndim == 3 else reference[None]
+    return shift_frames(ref, shifts), shifts

@@ -144,11 +144,23 @@ def _prop(field, transfer):
 
 
 def _shifted(diffuser, shifts):
-    return np.stack([np.roll(diffuser, (int(dy), int(dx)), axis=(0, 1)) for dy, dx in shifts])
+    """The periodic diffuser moved by each ``(dy, dx)`` fine px: ``np.roll`` for whole pixels (exact); a
+    fractional remainder by the Fourier shift theorem (exact for the band-limited periodic grid field)."""
+    out = []
+    for dy, dx in np.asarray(shifts, dtype=np.float64).reshape(-1, 2):
+        iy, ix = int(np.floor(dy)), int(np.floor(dx))
+        t = np.roll(diffuser, (iy, ix), axis=(0, 1))
+        fy, fx = dy - iy, dx - ix
+        if fy or fx:  # f(r - s) <-> F exp(-2 pi i (u s_y + v s_x))
+            u = sfft.fftfreq(t.shape[0])[:, None]
+            v = sfft.fftfreq(t.shape[1])[None, :]
+            t = B.ifft2(B.fft2(t) * np.exp(-2j * np.pi * (u * fy + v * fx)).astype(np.complex64)).astype(np.complex64)
+        out.append(t)
+    return np.stack(out)
 
 
 def simulate_upstream(grid: Grid, wavelength_m: float, diffuser, shifts, *, diffuser_sample_distance_m: float,
-                      sample_detector_distance_m: float, samples, coherence=(0.0, 0.0)):
+                      sample_detector_distance_m: float, samples, coherence=(0.0, 0.0), reference_shifts=None):
     """Upstream-diffuser scan, noise-free normalised intensities.
 
     Parameters
@@ -162,6 +174,10 @@ def simulate_upstream(grid: Grid, wavelength_m: float, diffuser, shifts, *, diff
         Per angle: complex sample transmission ``(Hf, Wf)`` and its diffusion (None, scalar, ``(Hf, Wf)``
         or ``(3, Hf, Wf)``) in metres.
     coherence : (x_coh, y_coh) metres
+    reference_shifts : (P, 2) float, optional
+        Diffuser shifts (fine pixels, may be fractional) while the reference frames are taken; default *shifts*
+        (used for the sample frames). Their difference is the diffuser's repositioning error (drift) between
+        the reference and the sample stacks.
 
     Returns
     -------
@@ -170,8 +186,11 @@ def simulate_upstream(grid: Grid, wavelength_m: float, diffuser, shifts, *, diff
     d1, d2 = diffuser_sample_distance_m, sample_detector_distance_m
     q1 = fresnel_transfer(grid.shape, grid.h, wavelength_m, d1)
     q2 = fresnel_transfer(grid.shape, grid.h, wavelength_m, d2)
-    inc = _prop(_shifted(diffuser, shifts), q1)  # field at the sample plane (P, Hf, Wf)
+    ref_shifts = shifts if reference_shifts is None else reference_shifts
+    inc = _prop(_shifted(diffuser, ref_shifts), q1)  # field at the sample plane (P, Hf, Wf)
     ref = _detect(_prop_intensity(inc, q2, grid), grid, coherence)
+    if reference_shifts is not None:
+        inc = _prop(_shifted(diffuser, shifts), q1)
     frames = []
     for trans, D in samples:
         I = _prop_intensity(inc * trans[None], q2, grid)
@@ -182,16 +201,19 @@ def simulate_upstream(grid: Grid, wavelength_m: float, diffuser, shifts, *, diff
 
 
 def simulate_downstream(grid: Grid, wavelength_m: float, diffuser, shifts, *, sample_diffuser_distance_m: float,
-                        diffuser_detector_distance_m: float, samples, coherence=(0.0, 0.0)):
+                        diffuser_detector_distance_m: float, samples, coherence=(0.0, 0.0), reference_shifts=None):
     """Downstream-diffuser (PWF) scan, noise-free normalised intensities.
 
-    *samples* yields complex sample transmissions ``(Hf, Wf)`` per angle.  Returns reference
+    *samples* yields complex sample transmissions ``(Hf, Wf)`` per angle; *reference_shifts* as in
+    :func:`simulate_upstream`.  Returns reference
     ``(P, H, W)`` and data ``(P, A, H, W)`` float32 (PWF notes §1 forward model).
     """
     q1 = fresnel_transfer(grid.shape, grid.h, wavelength_m, sample_diffuser_distance_m)
     q2 = fresnel_transfer(grid.shape, grid.h, wavelength_m, diffuser_detector_distance_m)
-    t = _shifted(diffuser, shifts)
+    t = _shifted(diffuser, shifts if reference_shifts is None else reference_shifts)
     ref = _detect(_prop_intensity(t, q2, grid), grid, coherence)
+    if reference_shifts is not None:  # diffuser repositioning error between the stacks (see simulate_upstream)
+        t = _shifted(diffuser, shifts)
     frames = []
     for trans in samples:
         u1 = _prop(np.asarray(trans, dtype=np.complex64), q1)  # sample → diffuser

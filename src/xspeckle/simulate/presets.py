@@ -242,7 +242,20 @@ _PWF = dict(energy_ev=10000.0, pixel_size_m=650e-9, L1=3e-3, L2=20e-3, xcoh=3.48
             grain=2.5e-6, phase_rms=1.75, absorption=0.02, photons=1e4)
 
 
-def _pwf_run(name, phantom: Phantom, det_shape, thetas, n_pos, seed, noise, extra_truth: dict, photons=None):
+def _reference_shifts(shifts, drift_px, oversample: int):
+    """Diffuser shifts (fine px) for the reference stack such that the sample stack's speckle is moved by
+    *drift_px* (detector px, (2,) or (P, 2)) relative to it: the reference is taken at ``shifts - drift``, the
+    sample frames at the nominal *shifts* (so a drift-free scan of the same seed has the same sample frames)."""
+    if drift_px is None:
+        return None, None
+    d = np.broadcast_to(np.asarray(drift_px, dtype=np.float64), (len(shifts), 2)).copy()
+    if not np.isfinite(d).all() or np.abs(d).max() > 16:
+        raise ParameterError("simulate: drift_px must be finite (dy, dx) pairs within 16 px")
+    return shifts - d * oversample, d
+
+
+def _pwf_run(name, phantom: Phantom, det_shape, thetas, n_pos, seed, noise, extra_truth: dict, photons=None,
+             drift_px=None):
     c = _PWF
     geom = Geometry(energy_ev=c["energy_ev"], pixel_size_m=c["pixel_size_m"], sample_detector_distance_m=c["L1"] + c["L2"],
                     diffuser_position="downstream", diffuser_detector_distance_m=c["L2"])
@@ -252,10 +265,11 @@ def _pwf_run(name, phantom: Phantom, det_shape, thetas, n_pos, seed, noise, extr
     diff = random_diffuser(grid.shape, grid.h, grain_size_m=c["grain"], phase_rms_rad=c["phase_rms"],
                            absorption=c["absorption"], rng=r_dif)
     shifts = _diffuser_shifts(n_pos, grid.shape, int(4 * c["grain"] / grid.h), r_shift)
+    r_shifts, drift = _reference_shifts(shifts, drift_px, 1)
     ref_I, dat_I = simulate_downstream(grid, lam, diff, shifts, sample_diffuser_distance_m=c["L1"],
                                        diffuser_detector_distance_m=c["L2"],
                                        samples=(t for t, _ in _phantom_fields(phantom, thetas, grid, k)),
-                                       coherence=(c["xcoh"], c["ycoh"]))
+                                       coherence=(c["xcoh"], c["ycoh"]), reference_shifts=r_shifts)
     photons = c["photons"] if photons is None else photons
     ref, data, flat, dark, prof = _expose_all(ref_I, dat_I, r_det, photons=photons, noise=noise)
     phase, trans, _, mask = _projection_truth(phantom, thetas, det_shape, p, k)
@@ -267,6 +281,8 @@ def _pwf_run(name, phantom: Phantom, det_shape, thetas, n_pos, seed, noise, extr
                  coherence_length_x_m=c["xcoh"], coherence_length_y_m=c["ycoh"],
                  diffuser_transmission=dt.astype(np.complex64), diffuser_shifts_px=shifts,
                  intensity_reference=ref_I, intensity_sample=dat_I)
+    if drift is not None:
+        truth["drift_px"] = drift.astype(np.float32)  # (P, 2) (dy, dx): sample-stack speckle shift
     truth.update(extra_truth)
     truth["parameters"] = dict(preset=name, seed=int(seed), noise=bool(noise), photons_per_pixel=float(photons),
                                dark_level=100.0, diffuser_grain_size_m=c["grain"], diffuser_phase_rms_rad=c["phase_rms"],
@@ -294,12 +310,12 @@ def pwf_beads_phantom(width_px: int) -> Phantom:
     return Phantom(spheres=[Sphere((z * f, y * f, x * f), r * f, d, b) for z, y, x, r in beads])
 
 
-def _pwf_beads(*, seed, size, angles, positions, noise=True, photons=None):
+def _pwf_beads(*, seed, size, angles, positions, noise=True, photons=None, drift_px=None):
     """Glass beads (δ 5.16e-6, β 5.6e-8) in the PWF geometry (:func:`pwf_beads_phantom`)."""
     H, W = _check_size(size, 256)
     A = _check_count("angles", angles, 1)
     P = _check_count("positions", positions, 12)
-    return _pwf_run("pwf-beads", pwf_beads_phantom(W), (H, W), _theta(A), P, seed, noise, {}, photons)
+    return _pwf_run("pwf-beads", pwf_beads_phantom(W), (H, W), _theta(A), P, seed, noise, {}, photons, drift_px)
 
 
 def _tomo_beads(*, seed, size, angles, positions, noise=True, photons=None):
@@ -330,7 +346,7 @@ _MIST = dict(energy_ev=17000.0, pixel_size_m=5.8e-6, delta=1.0, d_ds=0.5, oversa
              grain=20e-6, phase_rms=1.0, absorption=0.01, xcoh=6e-6, ycoh=4e-6, photons=1e4)
 
 
-def _upstream_run(name, det_shape, thetas, n_pos, seed, noise, conf, sample_fn, truth_fn, photons=None):
+def _upstream_run(name, det_shape, thetas, n_pos, seed, noise, conf, sample_fn, truth_fn, photons=None, drift_px=None):
     """Run the upstream model. *sample_fn(grid, k)* yields (transmission, D) per angle (fine grid);
     *truth_fn(grid, k)* returns the truth dict at the detector."""
     c = conf
@@ -343,9 +359,10 @@ def _upstream_run(name, det_shape, thetas, n_pos, seed, noise, conf, sample_fn, 
     diff = random_diffuser(grid.shape, grid.h, grain_size_m=c["grain"], phase_rms_rad=c["phase_rms"],
                            absorption=c["absorption"], rng=r_dif)
     shifts = _diffuser_shifts(n_pos, grid.shape, int(4 * c["grain"] / grid.h), r_shift)
+    r_shifts, drift = _reference_shifts(shifts, drift_px, s)
     ref_I, dat_I = simulate_upstream(grid, lam, diff, shifts, diffuser_sample_distance_m=c["d_ds"],
                                      sample_detector_distance_m=c["delta"], samples=sample_fn(grid, k),
-                                     coherence=(c["xcoh"], c["ycoh"]))
+                                     coherence=(c["xcoh"], c["ycoh"]), reference_shifts=r_shifts)
     photons = c["photons"] if photons is None else photons
     ref, data, flat, dark, prof = _expose_all(ref_I, dat_I, r_det, photons=photons, noise=noise)
     truth = truth_fn(grid, k)
@@ -353,6 +370,8 @@ def _upstream_run(name, det_shape, thetas, n_pos, seed, noise, conf, sample_fn, 
         truth["displacement"] = _displacement_from_phase(truth["phase"], p, c["delta"], k)
     truth.update(beam_profile=prof, coherence_length_x_m=c["xcoh"], coherence_length_y_m=c["ycoh"],
                  diffuser_shifts_px=shifts, intensity_reference=ref_I, intensity_sample=dat_I)
+    if drift is not None:
+        truth["drift_px"] = drift.astype(np.float32)  # (P, 2) (dy, dx): sample-stack speckle shift
     truth["parameters"] = dict(preset=name, seed=int(seed), noise=bool(noise), photons_per_pixel=float(photons),
                                dark_level=100.0, diffuser_grain_size_m=c["grain"], diffuser_phase_rms_rad=c["phase_rms"],
                                diffuser_absorption_beta_over_delta=c["absorption"], pad_px=grid.pad_px, oversample=s,
@@ -367,7 +386,7 @@ FIBRE_D_MAJOR_M = 8.0e-12
 FIBRE_ANISOTROPY = 4.0  # d_major / d_minor
 
 
-def _mist_berry(*, seed, size, angles, positions, noise=True, photons=None):
+def _mist_berry(*, seed, size, angles, positions, noise=True, photons=None, drift_px=None):
     """Water berry (radius 0.3·FOV, slightly off-axis) with a concentric scattering core of radius 0.75 R.
 
     The core's diffusion density is set so that the peak D_eff (through the centre) is
@@ -392,7 +411,8 @@ def _mist_berry(*, seed, size, angles, positions, noise=True, photons=None):
         return dict(phase=phase, transmission=trans, diffusion=dif, sample_mask=mask,
                     berry_radius_m=R, core_radius_m=core, diffusion_density=dens)
 
-    return _upstream_run("mist-berry", (H, W), th, P, seed, noise, c, lambda g, k: _phantom_fields(ph, th, g, k), truth_fn, photons)
+    return _upstream_run("mist-berry", (H, W), th, P, seed, noise, c, lambda g, k: _phantom_fields(ph, th, g, k), truth_fn,
+                         photons, drift_px)
 
 
 def _smooth_box(y, x, cy, cx, half, edge):
@@ -463,7 +483,7 @@ _TRACK = dict(energy_ev=20000.0, pixel_size_m=1.5e-6, delta=0.5, d_ds=0.5, overs
 TRACK_MAX_SHIFT_PX = 2.0
 
 
-def _tracking_shift(*, seed, size, angles, positions, noise=True, photons=None):
+def _tracking_shift(*, seed, size, angles, positions, noise=True, photons=None, drift_px=None):
     """Smooth phase φ = Σ a_i exp(−|r−r_i|²/2σ_i²) scaled so that max |u| = 2 px, with
     ``u_px = Δ ∇φ / (k p)`` (design.md) and weak absorption ``T = exp(0.01 φ)`` (β/δ = 0.005)."""
     H, W = _check_size(size, 256)
@@ -511,7 +531,7 @@ def _tracking_shift(*, seed, size, angles, positions, noise=True, photons=None):
                     displacement=u[:, None].astype(np.float32), sample_mask=(np.abs(ph) > 0.01 * np.abs(ph).max())[None],
                     phase_gradient_per_m=np.stack([gx, gy])[:, None].astype(np.float32))
 
-    return _upstream_run("tracking-shift", (H, W), np.zeros(A), P, seed, noise, c, sample_fn, truth_fn, photons)
+    return _upstream_run("tracking-shift", (H, W), np.zeros(A), P, seed, noise, c, sample_fn, truth_fn, photons, drift_px)
 
 
 def _independent(geometry: str) -> Callable[..., SimulatedScan]:
@@ -538,7 +558,8 @@ _BUILDERS: dict[str, Callable[..., SimulatedScan]] = {
 
 
 def make_preset(name: str, *, seed: int = 0, size: int | None = None, angles: int | None = None,
-                positions: int | None = None, noise: bool = True, photons: float | None = None) -> SimulatedScan:
+                positions: int | None = None, noise: bool = True, photons: float | None = None,
+                drift_px=None) -> SimulatedScan:
     """Simulate one of the :data:`PRESETS` with ground truth.
 
     Parameters
@@ -558,6 +579,12 @@ def make_preset(name: str, *, seed: int = 0, size: int | None = None, angles: in
         Poisson + read noise on (default) or exact expected counts.
     photons : float, optional
         Mean photons per pixel of the open beam (default 1e4).
+    drift_px : array (2,) or (P, 2), optional
+        Diffuser repositioning error (dy, dx) in detector px between the reference and the sample stack, per
+        position (presets pwf-beads, mist-berry, tracking-shift): the sample frames' speckle sits at
+        ``reference(r - drift)`` in air. Simulated by taking the references with the diffuser at its nominal
+        position minus the drift (sub-pixel: Fourier shift of the periodic diffuser), so the sample frames are
+        those of the drift-free scan of the same seed. Recorded as ``truth["drift_px"]`` (P, 2).
 
     Returns
     -------
@@ -568,7 +595,12 @@ def make_preset(name: str, *, seed: int = 0, size: int | None = None, angles: in
     if photons is not None and not photons > 0:
         raise ParameterError(f"simulate: photons must be > 0, got {photons}")
     t0 = time.perf_counter()
-    sim = _BUILDERS[name](seed=seed, size=size, angles=angles, positions=positions, noise=noise, photons=photons)
+    extra = {}
+    if drift_px is not None:
+        if name not in ("pwf-beads", "mist-berry", "tracking-shift"):
+            raise ParameterError(f"simulate: preset {name!r} has no drift option; use pwf-beads, mist-berry or tracking-shift")
+        extra["drift_px"] = drift_px
+    sim = _BUILDERS[name](seed=seed, size=size, angles=angles, positions=positions, noise=noise, photons=photons, **extra)
     sim.truth["parameters"]["simulation_seconds"] = round(time.perf_counter() - t0, 3)
     return sim
 
@@ -576,7 +608,7 @@ def make_preset(name: str, *, seed: int = 0, size: int | None = None, angles: in
 _UNITS = {"phase": "rad", "transmission": "1", "diffusion": "m", "diffusion_tensor": "m", "displacement": "px",
           "delta": "1", "beta": "1", "sample_mask": "1", "beam_profile": "1", "intensity_reference": "1",
           "intensity_sample": "1", "diffuser_transmission": "1", "diffuser_shifts_px": "px",
-          "phase_gradient_per_m": "rad/m"}
+          "phase_gradient_per_m": "rad/m", "drift_px": "px"}
 
 
 def write_simulated(sim: SimulatedScan, path, *, overwrite: bool = False, compression: str | None = None,
