@@ -255,7 +255,8 @@ def test_analytic_projection_matches_voxel_volume():
 
 # ---------------------------------------------------------------------------------------- presets
 SMALL = {"pwf-beads": dict(size=64), "mist-berry": dict(size=64), "mist-fibres": dict(size=64),
-         "tomo-beads": dict(size=48, angles=6), "tracking-shift": dict(size=64)}
+         "tomo-beads": dict(size=48, angles=6), "tracking-shift": dict(size=64),
+         "indep-beads": dict(size=64), "indep-upstream": dict(size=64)}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -278,7 +279,7 @@ def test_preset_shapes_dtypes_geometry(name):
         assert t["diffusion_tensor"].shape == (3, A, H, W)
     assert np.all(t["transmission"] > 0) and np.all(t["transmission"] <= 1.0 + 1e-6)
     assert np.all(np.isfinite(sim.data)) and sim.data.min() > 0
-    down = name in ("pwf-beads", "tomo-beads")
+    down = name in ("pwf-beads", "tomo-beads", "indep-beads")
     assert sim.geometry.diffuser_position == ("downstream" if down else "upstream")
     if down:
         wing = max(1, round(0.05 * W))

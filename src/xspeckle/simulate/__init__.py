@@ -19,7 +19,14 @@ mist-berry      upstream   water sphere (R = 0.3 FOV) + scattering core, D_eff �
 mist-fibres     upstream   3 patches, D tensor major 8e-12 m at 0/45/90°, anisotropy 4   10, 1, 256
 tomo-beads      downstream 5 glass beads + PMMA rod; δ/β volumes (Z, Y, X), y up        2, 90, 128
 tracking-shift  upstream   smooth phase, truth displacement ≤ 2 px (20 keV, 1.5 µm px)  16, 1, 256
+indep-beads     downstream independent physics (independent.py): glass beads on a      12, 1, 256
+                           wooden stick, 4-layer alumina diffuser, 2 % bandwidth, exact
+                           propagation, 2× grid; x/y_coh 3.5/4.3 µm in truth only
+indep-upstream  upstream   independent physics, water berry + glass beads, MIST set-up  10, 1, 256
 =============== ========== =========================================================== ==============
+
+:func:`xspeckle.simulate.independent.simulate_independent` is the independent simulator itself (it shares
+no forward-model code with the retrieval; use it to validate methods on data their model did not make).
 """
 
 from xspeckle.simulate.darkfield import diffusion_tensor_from_orientation, fokker_planck_diffusion
