@@ -189,6 +189,7 @@ def _parse_params(items: List[str]) -> dict:
     A key given twice, an empty value and a non-finite number are user mistakes (one line).
     """
     params: dict[str, Any] = {}
+    raw: dict[str, str] = {}
     for it in items or []:
         if "=" not in it:
             raise ParameterError(f"--param {it!r}: expected KEY=VALUE, e.g. --param alpha=1e-3")
@@ -199,7 +200,7 @@ def _parse_params(items: List[str]) -> dict:
         if not v.strip():
             raise ParameterError(f"--param {it!r}: no value after '='; give e.g. --param {k}=1e-3")
         if k in params:
-            raise ParameterError(f"--param {k} is given twice ({params[k]!r} and {v!r}); give each parameter once")
+            raise ParameterError(f"--param {k} is given twice ({k}={raw[k]} and {k}={v}); give each parameter once")
         try:
             value = json.loads(v)
         except ValueError:
@@ -207,6 +208,7 @@ def _parse_params(items: List[str]) -> dict:
         if isinstance(value, float) and not math.isfinite(value):
             raise ParameterError(f"--param {it!r}: {k} must be a finite number")
         params[k] = value
+        raw[k] = v
     return params
 
 
@@ -295,6 +297,10 @@ def retrieve(
     workers: int = typer.Option(1, "--workers", help="Parallel worker processes (CPU)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (distributed run)."),
     param: List[str] = typer.Option([], "--param", help="Method parameter KEY=VALUE (repeatable; VALUE parsed as JSON)."),
+    drift: Optional[str] = typer.Option(
+        None, "--drift", metavar="REGION",
+        help="Correct diffuser drift before retrieval: measure each reference/sample shift in the free-space "
+             "side wings (wings) or the whole frame (frame); shifts stored as /drift/shifts_px."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Retrieve phase, transmission and dark field from a scan."""
@@ -337,7 +343,7 @@ def retrieve(
     fn = _import("xspeckle.pipeline", "retrieve_scan", "xspeckle retrieve (the pipeline)")
     with _progress(f"retrieve {method}") as cb:
         path = fn(scan, out, method=method, positions=pos, device=device, workers=workers, scheduler=scheduler,
-                  params=params, overwrite=overwrite, progress=cb,
+                  params=params, overwrite=overwrite, progress=cb, drift=drift,
                   log=lambda msg: print(f"xspeckle: {msg}", file=sys.stderr))
     _out(f"wrote {path}")
 
