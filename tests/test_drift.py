@@ -93,3 +93,36 @@ def test_shift_frames_and_estimate_shift():
         drift_mask((10, 20), "wings")
     with pytest.raises(InputError, match="shape"):
         estimate_drift(np.zeros((2, 8, 8)), np.zeros((1, 8, 8)))
+
+
+def test_pipeline_drift_hook(tmp_path, capsys):
+    """``retrieve --drift wings``: shifts stored per angle and position, the phase of the drift-free scan."""
+    import h5py
+
+    from xspeckle.cli import run
+    from xspeckle.pipeline import retrieve_scan
+    from xspeckle.simulate import write_simulated
+
+    s0 = make_preset("mist-berry", size=96, positions=3, angles=2, seed=2)
+    s1 = make_preset("mist-berry", size=96, positions=3, angles=2, seed=2, drift_px=DRIFT[:3])
+    p0 = write_simulated(s0, tmp_path / "s0.h5", include_intensities=False)
+    p1 = write_simulated(s1, tmp_path / "s1.h5", include_intensities=False)
+    o0 = retrieve_scan(p0, tmp_path / "o0.h5", method="umpa")
+    o1 = retrieve_scan(p1, tmp_path / "o1.h5", method="umpa", drift="wings")
+    assert run(["retrieve", str(p1), str(tmp_path / "o2.h5"), "--method", "umpa"]) == 0
+    truth = s0.truth["phase"]
+    with h5py.File(o0) as f0, h5py.File(o1) as f1, h5py.File(tmp_path / "o2.h5") as f2:
+        sh = f1["drift/shifts_px"][()]
+        assert sh.shape == (2, 3, 2) and f1["drift/shifts_px"].attrs["units"] == "px"
+        assert np.abs(sh - DRIFT[None, :3]).max() < 0.05
+        assert "drift" not in f0 and '"drift": "wings"' in f1.attrs["pipeline"]
+
+        def err(f):
+            e = (f["retrieval/phase"][()] - truth)[:, 8:-8, 8:-8]
+            e -= np.median(e, axis=(1, 2), keepdims=True)
+            return float(np.sqrt(np.mean(e**2)))
+
+        assert err(f1) <= 1.10 * err(f0) and err(f2) > 3 * err(f0)
+    capsys.readouterr()
+    assert run(["retrieve", str(p1), str(tmp_path / "o3.h5"), "--method", "umpa", "--drift", "sideways"]) == 2
+    assert "drift must be one of" in capsys.readouterr().err

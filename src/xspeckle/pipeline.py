@@ -357,10 +357,11 @@ class _Spec:
     method: Any  # str (registry name) or a Retriever subclass (pickled by reference)
     params_json: str
     device: str
+    drift: str | None = None  # "wings" / "frame": correct diffuser drift per angle (preprocess.estimate_drift)
 
     @property
     def key(self) -> str:
-        return _dumps([self.scan_path, self.positions, _method_ref(self.method), self.params_json, self.device])
+        return _dumps([self.scan_path, self.positions, _method_ref(self.method), self.params_json, self.device, self.drift])
 
 
 class _State:
@@ -383,10 +384,16 @@ class _State:
             self.dark = None if dark is None else B.to_device(dark, "cuda")
         else:
             self.flat, self.dark = flat, dark
-        if retriever is None:
+        self.reference = None
+        if retriever is None or spec.drift:
             ref = _normalised_reference(self.scan, self.positions, spec.device, self.flat, self.dark)
-            retriever = _build(spec.method, ref, self.scan.geometry, json.loads(spec.params_json))
+            if spec.drift:
+                self.reference = ref  # kept: shifted onto each angle's speckle (drift hook in _compute)
+            if retriever is None:
+                retriever = _build(spec.method, ref, self.scan.geometry, json.loads(spec.params_json))
         self.retriever = retriever
+        self._drift_key = None  # shifts (0.01 px) the current drift-corrected retriever was built for
+        self._drift_retriever = None
 
 
 def _resolve_method(method: Any):
@@ -476,19 +483,44 @@ def _compute(state: _State, angles: Sequence[int]) -> list[tuple[int, dict[str, 
         raw = B.to_device(raw, "cuda")
     norm = normalise(raw, state.flat, state.dark)
     del raw
-    results = retrieve_batch(state.retriever, norm)
+    if state.spec.drift:
+        results, retrievers, shifts = _retrieve_drift_corrected(state, norm)
+    else:
+        results, retrievers, shifts = retrieve_batch(state.retriever, norm), None, None
     out = []
     for j, (a, res) in enumerate(zip(angles, results)):
         # NaN/inf, or a flat phase from a non-flat sample: a parameter out of range (one line, nothing written)
         check_maps({k: v for k, v in res.items() if k not in _DIAG_KEYS}, method=_method_label(state.spec.method),
                    angle=int(a), params=json.loads(state.spec.params_json), sample=norm[j],
-                   reference=getattr(state.retriever, "reference", None))
+                   reference=getattr(state.retriever if retrievers is None else retrievers[j], "reference", None))
         maps = {k: np.ascontiguousarray(B.asnumpy(v), dtype=np.float32) for k, v in res.items() if k not in _DIAG_KEYS}
         diag = _diagnostics(res)
+        if shifts is not None:
+            diag["drift_px"] = shifts[j].tolist()
         if diag:
             maps["_diag"] = diag
         out.append((int(a), maps))
     return out
+
+
+def _retrieve_drift_corrected(state: _State, norm):
+    """Drift hook (issue 18): per angle, the speckle shift of each position between the reference and the
+    sample frame (``preprocess.estimate_drift`` in the region ``spec.drift``), the reference moved onto it,
+    and a retriever built on that reference (reused while the shifts stay within 0.01 px)."""
+    from xspeckle.preprocess import estimate_drift, shift_frames
+
+    results, retrievers, shifts = [], [], []
+    for j in range(norm.shape[0]):
+        s = estimate_drift(state.reference, norm[j], region=state.spec.drift)
+        key = tuple(np.round(s, 2).ravel().tolist())
+        if key != state._drift_key:
+            ref = shift_frames(state.reference, s)
+            state._drift_retriever = _build(state.spec.method, ref, state.scan.geometry, json.loads(state.spec.params_json))
+            state._drift_key = key
+        retrievers.append(state._drift_retriever)
+        results.append(state._drift_retriever(norm[j]))
+        shifts.append(np.asarray(s, dtype=np.float64))
+    return results, retrievers, shifts
 
 
 def _method_label(method: Any) -> str:
@@ -879,6 +911,13 @@ class _PartialWriter:
             r["iterations"][angle] = int(diag["iterations"])
         if "stop_reason" in r and "stop_reason" in diag:
             r["stop_reason"][angle] = str(diag["stop_reason"]).encode()[:_REASON_BYTES]
+        if "drift_px" in diag:  # drift hook: (A, P, 2) shifts (dy, dx) px, outside /retrieval (not a map)
+            sh = np.asarray(diag["drift_px"], dtype=np.float32)
+            if "drift/shifts_px" not in self.f:
+                d = self.f.create_dataset("drift/shifts_px", data=np.full((len(self.done),) + sh.shape, np.nan, np.float32))
+                d.attrs["units"] = "px"
+                d.attrs["description"] = "speckle shift (dy, dx) of each position's sample frame vs its reference, per angle; corrected before retrieval"
+            self.f["drift/shifts_px"][angle] = sh
         if "warnings" in self.f["progress"]:
             msg = "\n".join(diag.get("warnings", ())).encode()
             self.f["progress/warnings"][angle] = msg[:_WARNING_BYTES]
@@ -1254,6 +1293,7 @@ def retrieve_scan(
     memory_limit_bytes: int | None = None,
     batch: int | None = None,
     log: Callable[[str], None] | None = None,
+    drift: str | None = None,
 ) -> Path:
     """Retrieve every projection of a scan file into a retrieval file (streaming, resumable).
 
@@ -1291,6 +1331,11 @@ def retrieve_scan(
     log : callable(str), optional
         Receives one-line messages (resume, restart, memory decisions); default: the
         ``xspeckle.pipeline`` logger.
+    drift : {"wings", "frame"}, optional
+        Correct diffuser drift: for every angle and position, the sub-pixel speckle shift between the
+        reference and the sample frame is measured in the free-space side wings (or the whole frame) and the
+        reference is moved onto it before retrieval (:func:`xspeckle.preprocess.estimate_drift`); the shifts
+        are stored as ``/drift/shifts_px`` ``(A, P, 2)`` (dy, dx) px.
 
     Returns
     -------
@@ -1333,6 +1378,11 @@ def retrieve_scan(
     method_name = method if isinstance(method, str) else (getattr(cls, "name", "") or cls.__name__)
     params = dict(params or {})
     params_json = _dumps(params)
+    if drift is not None:
+        from xspeckle.preprocess import DRIFT_REGIONS
+
+        if drift not in DRIFT_REGIONS:
+            raise InputError(f"drift must be one of {', '.join(DRIFT_REGIONS)}, got {drift!r}")
 
     from xspeckle.io.scan import Scan
 
@@ -1343,8 +1393,9 @@ def retrieve_scan(
     try:
         pos = scan.positions(positions)
         n_ang = scan.n_angles
-        hash_ = input_hash(scan_path, method=method, positions=pos, device=device, params=params)
-        spec = _Spec(str(Path(scan_path).resolve()), tuple(pos), method, params_json, device)
+        hash_ = input_hash(scan_path, method=method, positions=pos, device=device,
+                           params={**params, "drift": drift} if drift else params)
+        spec = _Spec(str(Path(scan_path).resolve()), tuple(pos), method, params_json, device, drift)
 
         # ---- resume?
         restarted = None
@@ -1410,7 +1461,7 @@ def retrieve_scan(
         with open_geometry_attrs(scan.path) as geom_attrs:
             geometry_attrs = dict(geom_attrs)
         pipeline_info = {"scan": str(Path(scan_path).resolve()), "positions": pos, "device": device,
-                         "input_hash": hash_, "method_ref": _method_ref(method)}
+                         "input_hash": hash_, "method_ref": _method_ref(method), "drift": drift}
 
         total = n_ang
         done_count = [resumed]
