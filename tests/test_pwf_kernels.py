@@ -154,6 +154,7 @@ def test_momentum_step_equals_solver_formula(monkeypatch, use_numba):
 
     psi, z_old, acc = c(), c(), c()
     g_re, g_im = rng.standard_normal((2,) + shp).astype(np.float32)
+    g_re[1, 0, 3, 4] = np.nan                     # a rejected step's direction may be non-finite
     er, ei = np.array([1.0, 0.5, 0.25]), np.array([1.0, 1.0, 0.5])
     ok = np.array([True, False, True])
     beta = np.array([0.3, 0.0, 0.7])
@@ -170,6 +171,7 @@ def test_momentum_step_equals_solver_formula(monkeypatch, use_numba):
     np.testing.assert_allclose(z_old, z, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(acc, want_acc)
     np.testing.assert_array_equal(g_re, g_keep)
+    assert np.isfinite(psi).all()
 
 
 def test_exp_kernel_accuracy():

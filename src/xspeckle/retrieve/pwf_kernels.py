@@ -150,72 +150,87 @@ def _nb_exp(p, x, w, r0, r1):
 
 
 def _nb_mul(a, q, conj, r0, r1):
-    n2 = a.shape[1]
+    n = a.shape[1] // 2
     hq = q.shape[0]
-    sg = np.float32(-1.0) if conj else np.float32(1.0)
     for r in range(r0, r1):
-        rq = r % hq
-        for j in range(0, n2, 2):
-            ar = a[r, j]
-            ai = a[r, j + 1]
-            qr = q[rq, j]
-            qi = sg * q[rq, j + 1]
-            a[r, j] = ar * qr - ai * qi
-            a[r, j + 1] = ar * qi + ai * qr
+        ar = a[r]
+        qr = q[r % hq]
+        if conj:
+            for j in range(n):
+                xr = ar[2 * j]
+                xi = ar[2 * j + 1]
+                yr = qr[2 * j]
+                yi = -qr[2 * j + 1]
+                ar[2 * j] = xr * yr - xi * yi
+                ar[2 * j + 1] = xr * yi + xi * yr
+        else:
+            for j in range(n):
+                xr = ar[2 * j]
+                xi = ar[2 * j + 1]
+                yr = qr[2 * j]
+                yi = qr[2 * j + 1]
+                ar[2 * j] = xr * yr - xi * yi
+                ar[2 * j + 1] = xr * yi + xi * yr
     return 0
 
 
 def _nb_mul_real(a, h, r0, r1):
-    n2 = a.shape[1]
+    n = a.shape[1] // 2
     hh = h.shape[0]
     for r in range(r0, r1):
-        rh = r % hh
-        for j in range(0, n2, 2):
-            f = h[rh, j // 2]
-            a[r, j] *= f
-            a[r, j + 1] *= f
+        ar = a[r]
+        hr = h[r % hh]
+        for j in range(n):
+            f = hr[j]
+            ar[2 * j] *= f
+            ar[2 * j + 1] *= f
     return 0
 
 
 def _nb_expand(u, t, v, kk, hh, r0, r1):
     # v rows (b, k, y) = u rows (b, y) · t rows (k, y)
-    n2 = v.shape[1]
+    n = v.shape[1] // 2
     for r in range(r0, r1):
         y = r % hh
         bk = r // hh
         k = bk % kk
         b = bk // kk
-        ru = b * hh + y
-        rt = k * hh + y
-        for j in range(0, n2, 2):
-            ar = u[ru, j]
-            ai = u[ru, j + 1]
-            tr = t[rt, j]
-            ti = t[rt, j + 1]
-            v[r, j] = ar * tr - ai * ti
-            v[r, j + 1] = ar * ti + ai * tr
+        ur = u[b * hh + y]
+        tr_ = t[k * hh + y]
+        vr = v[r]
+        for j in range(n):
+            xr = ur[2 * j]
+            xi = ur[2 * j + 1]
+            yr = tr_[2 * j]
+            yi = tr_[2 * j + 1]
+            vr[2 * j] = xr * yr - xi * yi
+            vr[2 * j + 1] = xr * yi + xi * yr
     return 0
 
 
 def _nb_intensity(y, out, r0, r1):
     n = out.shape[1]
     for r in range(r0, r1):
+        yr = y[r]
+        orow = out[r]
         for j in range(n):
-            a = y[r, 2 * j]
-            b = y[r, 2 * j + 1]
-            out[r, j] = a * a + b * b
+            a = yr[2 * j]
+            b = yr[2 * j + 1]
+            orow[j] = a * a + b * b
     return 0
 
 
 def _nb_residual_spectrum(s, f, ys, r0, r1):
-    n2 = s.shape[1]
+    n = s.shape[1] // 2
     hf = f.shape[0]
     for r in range(r0, r1):
-        rf = r % hf
-        for j in range(0, n2, 2):
-            g = f[rf, j // 2]
-            s[r, j] = s[r, j] * g - ys[r, j]
-            s[r, j + 1] = s[r, j + 1] * g - ys[r, j + 1]
+        sr = s[r]
+        fr = f[r % hf]
+        yr = ys[r]
+        for j in range(n):
+            g = fr[j]
+            sr[2 * j] = sr[2 * j] * g - yr[2 * j]
+            sr[2 * j + 1] = sr[2 * j + 1] * g - yr[2 * j + 1]
     return 0
 
 
@@ -223,36 +238,38 @@ def _nb_mask_loss(res, m, rows, r0, r1):
     n = res.shape[1]
     hm = m.shape[0]
     for r in range(r0, r1):
-        rm = r % hm
+        rr = res[r]
+        mr = m[r % hm]
         acc = 0.0
         for j in range(n):
-            v = m[rm, j] * res[r, j]
+            v = mr[j] * rr[j]
             acc += np.float64(v) * np.float64(v)
-            res[r, j] = m[rm, j] * v
+            rr[j] = mr[j] * v
         rows[r] = acc
     return 0
 
 
 def _nb_conj_mean(v, t, g, kk, hh, inv_k, r0, r1):
     # g rows (b, y) = inv_k · Σ_k v rows (b, k, y) · conj(t rows (k, y))
-    n2 = g.shape[1]
+    n = g.shape[1] // 2
     for r in range(r0, r1):
         y = r % hh
         b = r // hh
-        for j in range(0, n2, 2):
-            sr = np.float32(0.0)
-            si = np.float32(0.0)
-            for k in range(kk):
-                rv = (b * kk + k) * hh + y
-                rt = k * hh + y
-                ar = v[rv, j]
-                ai = v[rv, j + 1]
-                tr = t[rt, j]
-                ti = t[rt, j + 1]
-                sr += ar * tr + ai * ti
-                si += ai * tr - ar * ti
-            g[r, j] = sr * inv_k
-            g[r, j + 1] = si * inv_k
+        gr = g[r]
+        for j in range(2 * n):
+            gr[j] = np.float32(0.0)
+        for k in range(kk):
+            vr = v[(b * kk + k) * hh + y]
+            tr_ = t[k * hh + y]
+            for j in range(n):
+                xr = vr[2 * j]
+                xi = vr[2 * j + 1]
+                yr = tr_[2 * j]
+                yi = tr_[2 * j + 1]
+                gr[2 * j] += xr * yr + xi * yi
+                gr[2 * j + 1] += xi * yr - xr * yi
+        for j in range(2 * n):
+            gr[j] *= inv_k
     return 0
 
 
@@ -260,45 +277,57 @@ def _nb_final(g, x, p, cinv, bb, gre, gin, pre, pim, r0, r1):
     # g·conj(x)·cinv -> Re (gre), Im + bb·Re (gin); ψ split into contiguous Re/Im
     n = gre.shape[1]
     for r in range(r0, r1):
+        gr = g[r]
+        xr_ = x[r]
+        pr_ = p[r]
+        o1 = gre[r]
+        o2 = gin[r]
+        o3 = pre[r]
+        o4 = pim[r]
         for j in range(n):
-            ar = g[r, 2 * j]
-            ai = g[r, 2 * j + 1]
-            xr = x[r, 2 * j]
-            xi = x[r, 2 * j + 1]
+            ar = gr[2 * j]
+            ai = gr[2 * j + 1]
+            xr = xr_[2 * j]
+            xi = xr_[2 * j + 1]
             re = (ar * xr + ai * xi) * cinv
             im = (ai * xr - ar * xi) * cinv
-            gre[r, j] = re
-            gin[r, j] = im + bb * re
-            pre[r, j] = p[r, 2 * j]
-            pim[r, j] = p[r, 2 * j + 1]
+            o1[j] = re
+            o2[j] = im + bb * re
+            o3[j] = pr_[2 * j]
+            o4[j] = pr_[2 * j + 1]
     return 0
 
 
 def _nb_regulariser(fre, fim, gi, gam, pinv, wre, wim, a_re, a_im, bb, use_pinv, rows, r0, r1):
     # rows of the half spectra (b, y); gam, pinv, wre, wim: (H, W//2+1) float32
-    n2 = fre.shape[1]
+    n = fre.shape[1] // 2
     hh = gam.shape[0]
     for r in range(r0, r1):
         y = r % hh
+        fr = fre[r]
+        fi = fim[r]
+        gr = gi[r]
+        gm = gam[y]
+        pv = pinv[y]
+        w1 = wre[y]
+        w2 = wim[y]
         acc = 0.0
-        for j in range(0, n2, 2):
-            c = j // 2
-            rr = fre[r, j]
-            ri = fre[r, j + 1]
-            mr = fim[r, j]
-            mi = fim[r, j + 1]
-            acc += np.float64(rr * rr + ri * ri) * np.float64(wre[y, c]) + \
-                np.float64(mr * mr + mi * mi) * np.float64(wim[y, c])
-            gg = gam[y, c]
+        for c in range(n):
+            rr = fr[2 * c]
+            ri = fr[2 * c + 1]
+            mr = fi[2 * c]
+            mi = fi[2 * c + 1]
+            acc += np.float64(rr * rr + ri * ri) * np.float64(w1[c]) + np.float64(mr * mr + mi * mi) * np.float64(w2[c])
+            gg = gm[c]
             rr = (rr * gg) * a_re
             ri = (ri * gg) * a_re
             mr = (mr * gg) * a_im
             mi = (mi * gg) * a_im
-            pv = pinv[y, c] if use_pinv else np.float32(1.0)
-            gi[r, j] = gi[r, j] * pv + mr + bb * rr
-            gi[r, j + 1] = gi[r, j + 1] * pv + mi + bb * ri
-            fre[r, j] = rr
-            fre[r, j + 1] = ri
+            p_ = pv[c] if use_pinv else np.float32(1.0)
+            gr[2 * c] = gr[2 * c] * p_ + mr + bb * rr
+            gr[2 * c + 1] = gr[2 * c + 1] * p_ + mi + bb * ri
+            fr[2 * c] = rr
+            fr[2 * c + 1] = ri
         rows[r] = acc
     return 0
 
@@ -306,8 +335,10 @@ def _nb_regulariser(fre, fim, gi, gam, pinv, wre, wim, a_re, a_im, bb, use_pinv,
 def _nb_add(a, b, r0, r1):
     n = a.shape[1]
     for r in range(r0, r1):
+        ar = a[r]
+        br = b[r]
         for j in range(n):
-            a[r, j] += b[r, j]
+            ar[j] += br[j]
     return 0
 
 
@@ -320,22 +351,26 @@ def _nb_step(psi, zold, gre, gim, acc, er, ei, ok, beta, hh, r0, r1):
         a_re = er[b]
         a_im = ei[b]
         bt = beta[b]
-        good = ok[b]
-        for j in range(n):
-            pr = psi[r, 2 * j]
-            pi = psi[r, 2 * j + 1]
-            if good:
-                acc[r, 2 * j] = pr
-                acc[r, 2 * j + 1] = pi
-                zr = pr - gre[r, j] * a_re
-                zi = pi - gim[r, j] * a_im
-            else:
-                zr = pr
-                zi = pi
-            psi[r, 2 * j] = zr + bt * (zr - zold[r, 2 * j])
-            psi[r, 2 * j + 1] = zi + bt * (zi - zold[r, 2 * j + 1])
-            zold[r, 2 * j] = zr
-            zold[r, 2 * j + 1] = zi
+        pr_ = psi[r]
+        zr_ = zold[r]
+        g1 = gre[r]
+        g2 = gim[r]
+        if ok[b]:
+            ac = acc[r]
+            for j in range(2 * n):
+                ac[j] = pr_[j]
+            for j in range(n):
+                zr = pr_[2 * j] - g1[j] * a_re
+                zi = pr_[2 * j + 1] - g2[j] * a_im
+                pr_[2 * j] = zr + bt * (zr - zr_[2 * j])
+                pr_[2 * j + 1] = zi + bt * (zi - zr_[2 * j + 1])
+                zr_[2 * j] = zr
+                zr_[2 * j + 1] = zi
+        else:                                                  # rejected: z = ψ (g may be non-finite)
+            for j in range(2 * n):
+                zz = pr_[j]
+                pr_[j] = zz + bt * (zz - zr_[j])
+                zr_[j] = zz
     return 0
 
 
