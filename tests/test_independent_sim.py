@@ -40,7 +40,7 @@ def down():
 
 @pytest.fixture(scope="module")
 def up():
-    return simulate_independent("upstream", 64, positions=4, seed=3, noise=False)
+    return simulate_independent("upstream", 64, positions=4, seed=3, noise=False, bubble_porosity=0.3)
 
 
 # ------------------------------------------------------------------------------------------ independence
@@ -265,3 +265,33 @@ def test_bad_input_is_one_clear_error(kw):
     args.update(kw)
     with pytest.raises(ParameterError):
         simulate_independent(**args)
+
+
+def test_upstream_dark_field_region_is_emergent(up):
+    """Unresolved air bubbles in the berry's core lower the speckle visibility there (dark field made by
+    the wave, not by a blur model), while a bubble-free water region and the air outside keep it."""
+    ref, dat = up.normalised()
+    dat = dat[:, 0]
+    H, W = up.frame_shape
+    p = up.geometry.pixel_size_m
+    y = ((np.arange(H) - (H - 1) / 2) * p)[:, None]
+    x = ((np.arange(W) - (W - 1) / 2) * p)[None, :]
+    _, by, bx, R = up.truth["berry_m"]
+    core = sphere_chord(y, x, by, bx, 0.6 * R) > 0
+    ring = (sphere_chord(y, x, by, bx, 0.95 * R) > 0) & ~(sphere_chord(y, x, by, bx, 0.8 * R) > 0)
+    air = ~(sphere_chord(y, x, by, bx, 1.05 * R) > 0) & ~up.truth["sample_mask"][0]
+
+    def vis_ratio(mask):
+        v = lambda a: np.mean([f[mask].std() / f[mask].mean() for f in a])  # noqa: E731
+        return v(dat) / v(ref)
+
+    assert vis_ratio(core) < 0.93
+    assert abs(vis_ratio(ring) - 1) < 0.06 and abs(vis_ratio(air) - 1) < 0.02
+    assert up.truth["scatter_mask"][0][core].all() and "diffusion" not in up.truth  # no D_eff claimed
+    # the truth phase counts the air of the bubbles: less negative than the bubble-free berry
+    k = 2 * math.pi / (1.239841984e-6 / 17000.0)
+    d_w, _ = refractive_index("water", 17000.0)
+    iy, ix = np.unravel_index(np.argmin(np.where(core, up.truth["phase"][0], 0)), (H, W))
+    solid = -k * d_w * sphere_chord(y[iy, 0], x[0, ix], by, bx, R)
+    air = -k * d_w * 0.3 * sphere_chord(y[iy, 0], x[0, ix], by, bx, 0.75 * R)  # porosity 0.3 in the core
+    assert abs(up.truth["phase"][0, iy, ix] - (solid - air)) < 0.3 * abs(air)

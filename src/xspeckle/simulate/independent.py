@@ -21,7 +21,8 @@ the retrieval leaves out (issue 13):
 
 Two scenes: ``geometry="downstream"`` (``indep-beads``: glass beads on a wooden stick in the PWF
 geometry) and ``geometry="upstream"`` (``indep-upstream``: a water berry with glass beads in the MIST
-geometry).  The result is a :class:`~xspeckle.simulate.presets.SimulatedScan`, written by
+geometry, its core a foam of unresolved 2–4 µm air bubbles whose dark field emerges from the wave;
+no D_eff number is claimed for it, only ``truth["scatter_mask"]``).  The result is a :class:`~xspeckle.simulate.presets.SimulatedScan`, written by
 :func:`~xspeckle.simulate.presets.write_simulated` in the layout of the other presets.
 
 Sign conventions (interfaces.md, design.md): exit wave ``A·exp(iφ)``, ``φ = −k∫δ dz`` negative in
@@ -252,7 +253,8 @@ class _Grid:
 
 # ------------------------------------------------------------------------------------------ diffuser
 def grain_layer(shape, spacing_m: float, rng, *, diameter_m=(0.5e-6, 3.0e-6), coverage: float = 1.0,
-                n_layers: int = 1, n_sizes: int = 8, subpixel: int = 2, supersample: int = 4, workers=None) -> np.ndarray:
+                n_layers: int = 1, n_sizes: int = 8, subpixel: int = 2, supersample: int = 4, keep=None,
+                workers=None) -> np.ndarray:
     """Projected thickness (m) ``(n_layers, H, W)`` float32 of layers of random spherical grains (periodic).
 
     Grain radii take *n_sizes* log-spaced values over *diameter_m*/2; each size covers an equal share
@@ -262,6 +264,8 @@ def grain_layer(shape, spacing_m: float, rng, *, diameter_m=(0.5e-6, 3.0e-6), co
     sub-pixel offset, area-averaged over ``supersample²`` points per grid pixel (no aliasing of the
     grain edge).  Overlapping grains add their thicknesses (stacked grains).  Grains are drawn in
     metres, so the same *rng* state gives the same grains on any grid of the same extent.
+    *keep*, optional, maps centre positions ``(row, col)`` in grid pixels to a probability of keeping
+    the grain (thinning of the Poisson process: the local coverage becomes ``coverage · keep``).
     """
     H, W = shape
     h = spacing_m
@@ -290,6 +294,9 @@ def grain_layer(shape, spacing_m: float, rng, *, diameter_m=(0.5e-6, 3.0e-6), co
             n = rng.poisson(coverage * area / (len(radii) * math.pi * r * r))
             fy = rng.uniform(0, H, n)  # centres in grid pixels (continuous); pixel j spans [j − ½, j + ½)
             fx = rng.uniform(0, W, n)
+            if keep is not None:
+                sel = rng.uniform(0, 1, n) < keep(fy, fx)
+                fy, fx = fy[sel], fx[sel]
             jy, jx = np.floor(fy + 0.5), np.floor(fx + 0.5)
             cy = np.minimum(((fy - jy + 0.5) * q).astype(np.int64), q - 1)
             cx = np.minimum(((fx - jx + 0.5) * q).astype(np.int64), q - 1)
@@ -406,7 +413,9 @@ def _downstream_thickness(y, x, stick, beads):
 
 
 def _berry(det_shape, p, rng):
-    """Water berry (radius 0.3 FOV, slightly off-centre) with a few glass beads beside it."""
+    """Water berry (radius 0.3 FOV, slightly off-centre) with a few glass beads beside it.
+
+    The berry's core (radius 0.75 R) holds unresolved air bubbles (see :func:`simulate_independent`)."""
     H, W = det_shape
     fov = W * p
     berry = (0.0, 0.0, 0.04 * fov, 0.3 * fov)
@@ -453,7 +462,8 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
                          noise: bool = True, bandwidth: float = 0.02, n_energies: int = 5, n_layers: int = 4,
                          oversample: int | None = None, photons: float | None = None, coherence_in_geometry: bool = False,
                          phantom_seed: int = 0, grain_diameter_m: tuple[float, float] | None = None,
-                         grain_coverage: float | None = None, workers: int | None = None):
+                         grain_coverage: float | None = None, bubble_porosity: float = 0.15,
+                         workers: int | None = None):
     """Simulate a speckle scan with physics independent of the retrieval's forward model.
 
     Parameters
@@ -492,6 +502,9 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
     grain_coverage : float, optional
         Grains per layer as the mean number over a point (:func:`grain_layer`); default 2 downstream
         (speckle visibility ≈ 0.17), 1.5 upstream (≈ 0.30).  Larger = a stronger diffuser.
+    bubble_porosity : float
+        Upstream only: volume fraction of air in unresolved bubbles (2–4 µm diameter) filling the
+        berry's core (radius 0.75 R); 0 = no dark-field region.  Default 0.15.
     workers : int, optional
         FFT worker threads (default: available cores, at most 4).
 
@@ -509,8 +522,10 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
 
     Notes
     -----
-    No dark-field truth is recorded: the scenes contain no unresolved scatterers (an honest D_eff for
-    them would need its own derivation).
+    No D_eff truth is recorded.  Upstream, the berry's core holds unresolved air bubbles simulated
+    wave-optically, so its dark field is emergent; ``truth["scatter_mask"]`` marks the core, but a
+    number for D_eff would need a scattering model (geometric optics does not hold for 0.1-rad
+    bubbles), which is exactly what the retrievals assume — so none is given.
     """
     from xspeckle.simulate.presets import SimulatedScan  # the container only (no forward-model code)
 
@@ -594,6 +609,28 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
         berry, beads = _berry((H, W), p, r_obj)
         thick_fn = lambda yy, xx: _upstream_thickness(yy, xx, berry, beads)  # noqa: E731
     t_fine = _pixel_average(thick_fn, yf, xf, h, 2)
+    t_bub = None
+    if not 0 <= float(bubble_porosity) <= 0.4:
+        raise ParameterError(f"independent simulator: bubble_porosity={bubble_porosity} must be within 0..0.4")
+    if geometry == "upstream" and bubble_porosity > 0:
+        # Unresolved scatterers: air bubbles (2–4 µm, sub-pixel at 5.8 µm) in the berry's core (radius
+        # 0.75 R).  Their column number is proportional to the chord through the core (Poisson thinning),
+        # with the mean air column = porosity × chord; the air replaces water (phase +kδ_w·t_bubble).
+        # The wave carries them on the fine grid, so the dark field at the detector is emergent.
+        core = 0.75 * berry[3]
+
+        def keep(fy, fx):
+            yy = (fy - grid.offset[0] - (H * s - 1) / 2) * h
+            xx = (fx - grid.offset[1] - (W * s - 1) / 2) * h
+            return sphere_chord(yy, xx, berry[1], berry[2], core) / (2 * core)
+
+        radii = np.geomspace(1e-6, 2e-6, 8)  # grain_layer's sizes for diameters 2–4 µm
+        per_bubble = float(np.mean(4 / 3 * radii))  # mean air column per unit coverage (sphere volume / area)
+        bubble_coverage = bubble_porosity * 2 * core / per_bubble  # on the central ray
+        t_bub = grain_layer((Hf, Wf), h, r_obj, diameter_m=(2e-6, 4e-6), coverage=bubble_coverage, keep=keep,
+                            workers=w)[0]
+        t_bub = np.minimum(t_bub, 0.5 * t_fine["water"])  # never more air than half the water column
+        t_fine["water"] = t_fine["water"] - t_bub
 
     I_ref = np.zeros((P, Hf, Wf), np.float32)
     I_smp = np.zeros((P, Hf, Wf), np.float32)
@@ -703,6 +740,11 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
             att += np.exp(-mu)
     phase /= 16
     trans = att / 16
+    if t_bub is not None:  # the bubbles' pixel-averaged (resolved) part: less water in the column
+        d_w, b_w = refractive_index("water", E0)
+        tb = grid.crop_bin(t_bub).astype(np.float64)
+        phase += k0 * d_w * tb
+        trans *= np.exp(2 * k0 * b_w * tb)
     nw = max(1, int(round(0.05 * W)))
     if any_t[:, :nw].any() or any_t[:, -nw:].any():  # pragma: no cover (layout guarantees it)
         raise ParameterError("independent simulator: the sample reaches the 5 % side wings")
@@ -730,6 +772,11 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
         truth["stick_m"] = [float(stick[0]), float(stick[1])]
     else:
         truth["berry_m"] = [float(v) for v in berry]
+        if t_bub is not None:
+            yy, xx = yd[:, None], xd[None, :]
+            truth["scatter_mask"] = (sphere_chord(yy, xx, berry[1], berry[2], 0.75 * berry[3]) > 0)[None]
+            truth["bubble_diameter_m"] = [2e-6, 4e-6]
+            truth["bubble_porosity"] = float(bubble_porosity)
     mats = {m: refractive_index(m, E0) for m in ({"alumina"} | set(t_fine))}
     truth["parameters"] = dict(
         preset=name, simulator="xspeckle.simulate.independent", seed=int(seed), phantom_seed=int(phantom_seed),
