@@ -26,10 +26,14 @@ We use algotom's removal module (Vo et al., well kept, numpy/scipy/pywavelets) r
     monotone profile returns the centre value, stripe included (benchmarks/bench_rings.py measures it). Here the
     column factors ``c_x = 1 / (1 + g_x)`` minimise the robust roughness across columns of the corrected
     sinogram, ``sum_theta,x w |D_xx (c_x s(theta, x))|^2 + mu sum_x (c_x - 1)^2`` (D_xx: second difference
-    along x; w: Huber weights, iteratively reweighted, so object edges do not drive the fit; mu anchors
-    ``c = 1`` where the data say nothing, e.g. air columns). One sparse W x W solve per iteration.
-    This is the least-squares ring correction of Sijbers & Postnov (Phys. Med. Biol. 49, N247, 2004) written
-    on the sinogram with a multiplicative model; algotom has no gain-only filter.
+    along x; w: Huber weights, iteratively reweighted, and 0 on stencils touching the object's outline, so
+    edges do not drive the fit; mu anchors ``c = 1`` where the data say nothing, e.g. air columns). The fit
+    runs on the sinogram sorted along the angles, column by column (Vo et al. 2018's observation: sorted
+    columns vary smoothly across x; a gain c > 0 commutes with sorting). One sparse W x W solve per
+    iteration. It is the column normalisation of Boin & Haibel (Opt. Express 14, 12071, 2006: each column
+    scaled by its mean over a smoothed mean) made a robust least-squares fit; algotom has no gain-only filter.
+    Limits (benchmarks/bench_rings.py): it needs columns that vary smoothly across x; on a narrow object
+    sampled by few columns (tomo-beads at 128 px, 90 angles) it removes little.
 
 algotom works on 2-D NumPy sinograms; CuPy input is moved to the host and the result moved back (the
 filters are cheap next to FBP). Each call is per slice, so memory stays that of one sinogram.
@@ -56,7 +60,7 @@ _DEFAULTS = {
     "fitting": {"order": 2, "sigma": 10},
     "wavelet-fft": {"level": 5, "size": 1, "wavelet_name": "db9"},
     "all": {"snr": 3.0, "la_size": 51, "sm_size": 21},
-    "gain": {"mu": 5e-4, "huber": 2.5, "iterations": 4},
+    "gain": {"mu": 1e-3, "huber": 2.5, "iterations": 4, "edge_frac": 0.15, "sort": True},
 }
 
 
@@ -85,7 +89,8 @@ def remove_rings(sinogram, method: str = "sorting", *, progress: Callable[[int, 
     **params
         Method parameters in algotom's names, e.g. ``size=31`` (median width in columns) for ``"sorting"``,
         ``level=6`` for ``"wavelet-fft"``; ``mu`` (prior weight relative to the largest data weight),
-        ``huber`` (threshold in robust sigmas) and ``iterations`` for ``"gain"``. Defaults: :data:`_DEFAULTS`.
+        ``huber`` (threshold in robust sigmas), ``iterations``, ``edge_frac`` and ``sort`` (fit on the
+        angle-sorted sinogram) for ``"gain"``. Defaults: :data:`_DEFAULTS`.
 
     Returns
     -------
@@ -105,13 +110,16 @@ def remove_rings(sinogram, method: str = "sorting", *, progress: Callable[[int, 
     kw = dict(_DEFAULTS[method])
     unknown = set(params) - set(kw) if method == "gain" else set()
     if unknown:
-        raise ParameterError(f"rings: unknown parameter(s) {', '.join(sorted(unknown))} for 'gain'; use mu, huber, iterations")
+        raise ParameterError(
+            f"rings: unknown parameter(s) {', '.join(sorted(unknown))} for 'gain'; use {', '.join(_DEFAULTS['gain'])}"
+        )
     kw.update(params)
     if method == "gain":
         s3 = xp.asarray(sinogram, dtype=xp.float32).reshape(-1, a, w)
         out = xp.empty_like(s3)
+        sort = bool(kw.pop("sort"))
         for i in range(s3.shape[0]):
-            c = column_gain(s3[i], **kw)
+            c = column_gain(xp.sort(s3[i], axis=0) if sort else s3[i], **kw)
             out[i] = s3[i] * xp.asarray(c, dtype=xp.float32)[None, :]
             if progress is not None:
                 progress(i + 1, s3.shape[0])
@@ -153,13 +161,15 @@ def remove_rings(sinogram, method: str = "sorting", *, progress: Callable[[int, 
     return xp.asarray(out) if xp is not np else out
 
 
-def column_gain(sinogram, *, mu: float = 5e-4, huber: float | None = 2.5, iterations: int = 4) -> np.ndarray:
+def column_gain(sinogram, *, mu: float = 5e-4, huber: float | None = 2.5, iterations: int = 4,
+                edge_frac: float = 0.0) -> np.ndarray:
     """Column factors ``c`` (W,) that make ``c[None, :] * sinogram`` smooth across columns (method ``"gain"``).
 
     Minimises ``sum_theta,r w[theta, r] (D c*s)[theta, r]^2 + mu' sum_x (c_x - 1)^2`` with D the second
-    difference along columns (module notes; least squares as Sijbers & Postnov 2004, multiplicative model),
+    difference along columns (module notes; a least-squares form of Boin & Haibel 2006's column normalisation),
     ``mu' = mu * max_x M_xx`` and Huber weights ``w = min(1, huber * sigma / |r|)`` (sigma: 1.4826 MAD of the
-    residuals) updated for ``iterations`` passes (``huber=None``: one unweighted pass).
+    residuals) updated for ``iterations`` passes (``huber=None``: one unweighted pass); stencils with a column
+    below ``edge_frac`` of its row's peak ``|s|`` get weight 0 (object outline and air).
 
     Parameters
     ----------
@@ -180,6 +190,12 @@ def column_gain(sinogram, *, mu: float = 5e-4, huber: float | None = 2.5, iterat
     n = W - 2
     d = (1.0, -2.0, 1.0)  # second difference D_xx
     wts = xp.ones((A, n), dtype=xp.float64)
+    if edge_frac:
+        # stencils that touch the object's outline (|s| below edge_frac of the row's peak) are left out: there
+        # the chord profile is steep and curved (sqrt edge), so neighbours cannot predict the column
+        a = xp.abs(b)
+        small = a < float(edge_frac) * a.max(axis=1, keepdims=True)
+        wts = xp.where(small[:, :-2] | small[:, 1:-1] | small[:, 2:], 0.0, 1.0)
     c = np.ones(W)
     rows = np.concatenate([np.arange(n) + k1 for k1 in range(3) for k2 in range(3)])
     cols = np.concatenate([np.arange(n) + k2 for k1 in range(3) for k2 in range(3)])
@@ -195,5 +211,6 @@ def column_gain(sinogram, *, mu: float = 5e-4, huber: float | None = 2.5, iterat
         cb = b * xp.asarray(c)[None, :]
         r = cb[:, :-2] - 2.0 * cb[:, 1:-1] + cb[:, 2:]
         sigma = 1.4826 * float(xp.median(xp.abs(r - xp.median(r)))) + 1e-300
-        wts = xp.minimum(1.0, float(huber) * sigma / xp.maximum(xp.abs(r), 1e-300))
+        wts = xp.minimum(wts, float(huber) * sigma / xp.maximum(xp.abs(r), 1e-300)) if edge_frac else \
+            xp.minimum(1.0, float(huber) * sigma / xp.maximum(xp.abs(r), 1e-300))
     return np.asarray(c, dtype=np.float64)
