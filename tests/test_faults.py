@@ -88,7 +88,9 @@ def test_no_library_warnings_on_degenerate_frames(tmp_path, method):
     r = subprocess.run([sys.executable, "-m", "xspeckle", "retrieve", str(scan), str(out), "--method", method],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.strip() == "", r.stderr  # no RuntimeWarning / library noise
+    # no RuntimeWarning / library noise (the sample is 0.9 x the reference: a phase-object method's model
+    # check says so, issue 14)
+    assert all("attenuates" in ln for ln in r.stderr.strip().splitlines()), r.stderr
     import h5py
 
     with h5py.File(out) as f:

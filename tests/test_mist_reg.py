@@ -51,3 +51,25 @@ def test_auto_epsilon_never_much_worse_than_zero_or_mbipy(positions):
             pass
         assert e_auto <= 1.2 * best, (kind, kw, e_auto, e0, best)
         assert e_auto < 0.4, (kind, e_auto)  # MIST regime: measured 3-11 % at 512 px, up to 25 % at 128 px, N = 4
+
+
+def test_phase_object_methods_warn_on_synthetic_attenuation():
+    # issue 14 model check: an attenuating disc (T = 0.8) makes the phase-object MIST and OF warn (one line
+    # naming the fix); the pure phase and phase + dark-field sets do not, nor does a strong pure phase
+    # object whose lensing moves intensity both ways (max shift 2 px)
+    from xspeckle.retrieve import get_method
+
+    for kind, kw, expect in (("att", {"transmission": 0.8}, True), ("phase", {}, False), ("df", {}, False),
+                             ("phase", {"max_shift_px": 2.0}, False)):
+        ref, smp, g, *_ = make_phase_set(128, 6, kind, seed=2, **kw)
+        for name, params in (("mist", {}), ("of", {}), ("mist", {"model": "transport"})):
+            out = get_method(name)(ref, g, **params)(smp)
+            w = out.get("warnings", [])
+            assert bool(w) == expect, (name, params, kind, kw, w)
+            if expect:
+                assert len(w) == 1 and "\n" not in w[0] and "tie" in w[0] and "gamma" in w[0], w
+        out = get_method("mist-directional")(ref, g)(smp)
+        assert bool(out.get("warnings")) == expect, ("mist-directional", kind, kw)
+    # with the attenuation modelled there is nothing to say
+    ref, smp, g, *_ = make_phase_set(128, 6, "att", seed=2, transmission=0.8)
+    assert "warnings" not in get_method("mist")(ref, g, model="attenuating", gamma=1000.0)(smp)

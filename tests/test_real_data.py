@@ -63,6 +63,8 @@ def test_every_method_runs_on_fourrod(fourrod, method):
     smp = np.ascontiguousarray(fourrod["smp"][..., COLS])
     out = make_retriever(method, ref, fourrod["geometry"])(smp)
     h, w = ref.shape[-2:]
+    if method in ("mist", "mist-directional", "of"):  # phase-object models on attenuating rods: they say so (issue 14)
+        assert len(out.pop("warnings")) == 1
     for k, v in out.items():
         assert v.shape[-2:] == (h, w), (k, v.shape)
         assert np.isfinite(v).all(), k

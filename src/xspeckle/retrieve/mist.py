@@ -791,6 +791,43 @@ def _phase_from_laplacian(lap_phi, geometry: Geometry, epsilon_per_m2: float | s
     return zero_border_median(phase, border_px), eps
 
 
+# --------------------------------------------------------------------------- model check
+#: attenuation (1 − transmission) above which a phase-object method warns (global or over 10 % of blocks)
+ATTENUATION_WARN = 0.03
+
+
+def transmission_from_data(reference_mean, sample, block_px: int = 16):
+    """Block-averaged transmission ``Σ_block mean_n I_S / Σ_block mean_n I_R`` (float64 (h, w) blocks) and
+    the whole-field flux ratio.  A phase object only redistributes intensity (TIE: ∫(I_S − I_R) = 0 over
+    the field, Teague 1983), so blocks clearly below 1 everywhere mean attenuation."""
+    xp = B.get_xp(sample)
+    s_mean = xp.mean(sample, axis=0, dtype=np.float64)
+    H, W = s_mean.shape
+    b = max(1, min(int(block_px), H, W))
+    h, w = H // b, W // b
+    rs = reference_mean[: h * b, : w * b].reshape(h, b, w, b).sum(axis=(1, 3))
+    ss = s_mean[: h * b, : w * b].reshape(h, b, w, b).sum(axis=(1, 3))
+    t = ss / xp.maximum(rs, 1e-30)
+    flux = float(xp.sum(s_mean)) / max(float(xp.sum(reference_mean)), 1e-30)
+    return t, flux
+
+
+def attenuation_warning(reference_mean, sample, *, model: str, fix: str) -> str | None:
+    """One warning line when the data show attenuation that a phase-object model (T = 1) would read as
+    phase, else None.  Triggers: whole-field flux ratio below 1 − ATTENUATION_WARN, or the blocks below
+    1 − ATTENUATION_WARN outnumbering those above 1 + ATTENUATION_WARN by 10 % of all blocks (lensing moves
+    intensity both ways; attenuation only removes it)."""
+    t, flux = transmission_from_data(reference_mean, sample)
+    xp = B.get_xp(t)
+    lo = float(xp.mean(t < 1 - ATTENUATION_WARN))
+    hi = float(xp.mean(t > 1 + ATTENUATION_WARN))
+    if flux < 1 - ATTENUATION_WARN or lo - hi > 0.1:
+        t_low = float(xp.percentile(t, 10)) if hasattr(xp, "percentile") else float(xp.min(t))
+        return (f"the sample attenuates (transmission from the data {t_low:.2f}-{flux:.2f}) but the "
+                f"{model} model assumes T = 1, so the phase is unreliable; {fix}")
+    return None
+
+
 # --------------------------------------------------------------------------- retrievers
 class MISTRetriever(Retriever):
     """MIST retriever (Pavlov 2020; Alloo 2022; Alloo 2023), see the module docstring.
@@ -969,6 +1006,7 @@ class MISTRetriever(Retriever):
         self._ilap = (_inverse_laplacian_filter((H, W), p, self.epsilon_per_m2, xp)
                       if model in ("phase-object", "rapid") and self.epsilon_per_m2 != "auto" else None)
         self.last_epsilon_per_m2 = None  # the ε of the latest projection (auto rule)
+        self._ref_mean = None  # mean reference over positions (float64), for the attenuation check
         self._calib = None
         self._diffusion_only = False  # internal: calibration runs need D only
         self.blur_calibration = bool(blur_calibration)
@@ -993,13 +1031,29 @@ class MISTRetriever(Retriever):
     # ------------------------------------------------------------------ per projection
     def _retrieve(self, sample) -> dict[str, Any]:
         if self.model == "phase-object":
-            return self._phase_object(sample)
+            return self._model_check(self._phase_object(sample), sample)
+        if self.model == "transport":
+            return self._model_check(self._transport(sample), sample)
         if self.model == "attenuating":
             out = self._attenuating(sample)
         elif self.model == "transport":
             out = self._transport(sample)
         else:
             out = self._rapid(sample)
+        return out
+
+    def _model_check(self, out, sample):
+        """Issue 14: a phase-object model reads attenuation as phase (FourRod: 5·10⁴ rad instead of ~140 rad);
+        say so in ``out["warnings"]`` (one line naming the fix) when the data show it."""
+        if self._diffusion_only:
+            return out
+        if self._ref_mean is None:
+            self._ref_mean = B.get_xp(self.reference).mean(self.reference, axis=0, dtype=np.float64)
+        w = attenuation_warning(self._ref_mean, sample, model=self.model,
+                                fix="use --param model=attenuating gamma=<delta/beta> (e.g. 2335 for PMMA at 25 keV), "
+                                    "or --method tie --param gamma=<delta/beta>")
+        if w:
+            out["warnings"] = [w]
         return out
 
     def _calibrated(self, d):
@@ -1288,7 +1342,15 @@ class DirectionalMISTRetriever(Retriever):
             x, res[y0:y1] = lsq.solve_block(b, y0, y1, sample[:, y0:y1])
             x_all[:, y0:y1] = x
         if self._inv_ref is None:
-            return self._phase_object(x_all, res)
+            out = self._phase_object(x_all, res)
+            if not self._diffusion_only:
+                # model check (issue 14), as MISTRetriever._model_check
+                w = attenuation_warning(xp.mean(ref, axis=0, dtype=np.float64), sample, model="phase-object",
+                                        fix="use --param model=attenuating gamma=<delta/beta>, or --method tie "
+                                            "--param gamma=<delta/beta>")
+                if w:
+                    out["warnings"] = [w]
+            return out
         return self._attenuating(x_all, res)
 
     def _phase_object(self, x_all, res):

@@ -31,6 +31,7 @@ from xspeckle.errors import InputError, ParameterError
 from xspeckle.geometry import Geometry
 from xspeckle.retrieve.base import Retriever, as_stack
 from xspeckle.retrieve.integrate import angular_frequency_grid, mirror_pad
+from xspeckle.retrieve.mist import attenuation_warning
 from xspeckle.retrieve.tracking import phase_from_displacement
 
 __all__ = ["optical_flow", "OpticalFlowRetriever"]
@@ -166,6 +167,7 @@ class OpticalFlowRetriever(Retriever):
         from xspeckle.retrieve.derivatives import gradient
 
         self._grad = gradient(self.reference)  # (d/dy, d/dx) px⁻¹, for the residual
+        self._ref_mean = xp.mean(self.reference, axis=0, dtype=np.float64)  # for the attenuation check
         self.highpass_px = highpass_px
         self.absorption_sigma_px = float(absorption_sigma_px)
         self.combine = combine
@@ -192,4 +194,12 @@ class OpticalFlowRetriever(Retriever):
         mean_r = xp.mean(self.reference, axis=0)
         residual = xp.sqrt(xp.mean(mis * mis, axis=0)) / xp.where(xp.abs(mean_r) > 1e-6, mean_r, 1.0)
         phase = phase_from_displacement(u[0], u[1], self.geometry, integrator=self.integrator)
-        return {"phase": phase, "transmission": A, "displacement": u, "residual": residual.astype(np.float32)}
+        out = {"phase": phase, "transmission": A, "displacement": u, "residual": residual.astype(np.float32)}
+        if self.absorption_sigma_px == 0:
+            # model check (issue 14): the flow equation assumes a phase object; attenuation is read as flow
+            w = attenuation_warning(self._ref_mean, sample, model="optical-flow (phase-object)",
+                                    fix="use --method tie --param gamma=<delta/beta>, or --method mist "
+                                        "--param model=attenuating gamma=<delta/beta>")
+            if w:
+                out["warnings"] = [w]
+        return out
