@@ -22,8 +22,7 @@ Offset and tilt of integrated phase
     algotom's double-wedge filter (Vo et al. 2021, Sec. 2.4), suggested for this in the issue, does not
     remove a systematic offset or tilt: their 2-D spectrum lies at angular frequency 0, inside the wedge
     (measured: the same 10 % RMS delta error in a rod before and after at 96 px; benchmarks/bench_sinogram.py),
-    so it is not
-    offered here.
+    so it is not offered here.
 """
 
 from __future__ import annotations
