@@ -260,3 +260,24 @@ def test_ci_turns_skips_of_required_tests_into_failures(tmp_path):
     # a skip at set-up (fixture, skipif) becomes an error, in the call a failure: both fail the run
     assert ci.returncode == 1 and "1 skipped, 2 errors" in ci.stdout, ci.stdout
     assert "CI=true: this test must run" in ci.stdout
+
+
+def test_dask_failures_become_one_line():
+    """A lost scheduler (futures cancelled), killed workers and a worker environment that cannot
+    load the task are user-side failures: one line each (checked by .ci/dask_faults.sh on a real
+    cluster with kill -9); anything else stays a bug (re-raised unchanged)."""
+    from xspeckle.errors import InputError
+    from xspeckle.pipeline import _Dask
+
+    d = _Dask.__new__(_Dask)
+    d.address = "tcp://10.0.0.1:8786"
+    FuturesCancelledError = type("FuturesCancelledError", (Exception,), {})
+    KilledWorker = type("KilledWorker", (Exception,), {})
+    cases = [(FuturesCancelledError("1 Future cancelled for reason: scheduler-connection-lost."), "lost the Dask scheduler"),
+             (KilledWorker("attempted to run task on 3 workers"), "Dask workers died while computing"),
+             (RuntimeError("Error during deserialization of the task graph."), "cannot load the task")]
+    for exc, match in cases:
+        out = d._as_input_error(exc)
+        assert isinstance(out, InputError) and match in str(out) and "\n" not in str(out)
+    bug = ZeroDivisionError("a bug")
+    assert d._as_input_error(bug) is bug

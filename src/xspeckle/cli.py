@@ -340,12 +340,27 @@ def retrieve(
         except ImportError:
             raise MethodUnavailableError("--scheduler needs dask.distributed; install it with pip install 'xspeckle[dask]'") from None
         check_scheduler_address(scheduler)  # a closed port fails here in milliseconds, not after 20 s
+        _quiet_dask_logs()
     fn = _import("xspeckle.pipeline", "retrieve_scan", "xspeckle retrieve (the pipeline)")
     with _progress(f"retrieve {method}") as cb:
         path = fn(scan, out, method=method, positions=pos, device=device, workers=workers, scheduler=scheduler,
                   params=params, overwrite=overwrite, progress=cb, drift=drift,
                   log=lambda msg: print(f"xspeckle: {msg}", file=sys.stderr))
     _out(f"wrote {path}")
+
+
+def _quiet_dask_logs() -> None:
+    """Silence dask.distributed's client-side log records (tracebacks on a lost scheduler or worker).
+
+    The pipeline turns those failures into one ``xspeckle: error:`` line; their logs would add pages.
+    """
+    import logging
+
+    import distributed  # noqa: F401  (its logging configuration is applied on import)
+
+    names = [n for n in list(logging.root.manager.loggerDict) if n == "distributed" or n.startswith("distributed.")]
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 # --------------------------------------------------------------------------- calibrate

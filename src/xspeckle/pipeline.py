@@ -1209,12 +1209,16 @@ class _Dask:
     POLL_S = 2.0
 
     def _wait(self, pending: set) -> set:
+        import asyncio
+
         from distributed import wait
 
         try:
             return set(wait(list(pending), timeout=self.POLL_S, return_when="FIRST_COMPLETED").done)
         except TimeoutError:
             return set()
+        except (Exception, asyncio.CancelledError) as exc:
+            raise self._as_input_error(exc) from None
 
     def _check_workers(self, since: float | None, pending: set) -> float | None:
         """Fail when the cluster has had no worker for :attr:`no_worker_timeout_s` (a run never waits silently)."""
@@ -1241,21 +1245,30 @@ class _Dask:
         return since
 
     def _result(self, fut):
-        from concurrent.futures import CancelledError
+        import asyncio
 
         try:
             return fut.result()
         except InputError:
             raise
-        except CancelledError:
-            raise InputError(f"the Dask scheduler at {self.address} cancelled the work (it restarted or lost this "
-                             "client); run the same command again: finished angles are kept") from None
-        except Exception as exc:
-            if type(exc).__name__ == "KilledWorker":
-                raise InputError(f"Dask workers died while computing (killed, or out of memory: {exc}); give the "
-                                 "workers more memory or use fewer threads each, and run the same command again: "
-                                 "finished angles are kept") from None
-            raise
+        except (Exception, asyncio.CancelledError) as exc:
+            raise self._as_input_error(exc) from None
+
+    def _as_input_error(self, exc: BaseException) -> BaseException:
+        """A cluster failure as one line (scheduler lost, workers killed, environment mismatch); else *exc*."""
+        kind = type(exc).__name__
+        text = " ".join(str(exc).split())
+        if "Cancelled" in kind or "connection-lost" in text:
+            return InputError(f"lost the Dask scheduler at {self.address} (it stopped, restarted or became "
+                              "unreachable); start it again and run the same command: finished angles are kept")
+        if kind == "KilledWorker":
+            return InputError(f"Dask workers died while computing (killed, or out of memory: {text[:200]}); give "
+                              "the workers more memory or use fewer threads each, and run the same command again: "
+                              "finished angles are kept")
+        if "deserialization" in text or kind in ("ModuleNotFoundError", "ImportError"):
+            return InputError(f"the Dask workers cannot load the task ({kind}: {text[:160]}); install the same "
+                              "xspeckle and packages on every worker (same Python environment as this client)")
+        return exc
 
     def close(self, kill: bool = False) -> None:
         if self._own:
