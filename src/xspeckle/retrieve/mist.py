@@ -869,6 +869,12 @@ class MISTRetriever(Retriever):
     blur_calibration : bool
         Map the first-order D estimate through the reference-based calibration (module
         docstring); ``False`` = Pavlov 2020 / Alloo 2022/2023 as published.
+    dewarp : bool
+        Our extension (issue 14; phase-object and attenuating models, P ≥ 3): track the speckle
+        displacement u by LCS-DF and take ``diffusion`` from the model fitted to the sample resampled at
+        r + u, so that strong refraction (u ~ 1 px) is not read as dark field (second-order terms of
+        Pavlov 2020 Eq. 1); phase and transmission stay from the plain fit.
+        Default ``False`` (the published method); benchmarks/results/mist.md measures both.
 
     Notes
     -----
@@ -896,6 +902,7 @@ class MISTRetriever(Retriever):
         border_px: int = 8,
         block_rows: int | None = None,
         blur_calibration: bool = False,
+        dewarp: bool = False,
     ):
         super().__init__(reference, geometry)
         if model not in MODELS:
@@ -1009,6 +1016,17 @@ class MISTRetriever(Retriever):
         self._ref_mean = None  # mean reference over positions (float64), for the attenuation check
         self._calib = None
         self._diffusion_only = False  # internal: calibration runs need D only
+        self.dewarp = bool(dewarp)
+        self._lcs = None
+        if self.dewarp:
+            if model not in ("phase-object", "attenuating"):
+                raise ParameterError(f"mist: dewarp applies to the phase-object and attenuating models, not {model!r}")
+            if P < 3:
+                raise InputError(f"mist: dewarp tracks the speckle with LCS and needs >= 3 diffuser positions, got {P}")
+            from xspeckle.retrieve.lcs import LCSModel  # lazy: lcs imports this module
+
+            self._lcs = LCSModel(ref, "df", alpha=1e-4)  # displacement u for the dewarp (reference work)
+        self.parameters["dewarp"] = self.dewarp
         self.blur_calibration = bool(blur_calibration)
         if self.blur_calibration:
             self._calib = self._calibrate_blur(alpha=alpha, fusion_r_m2=fusion_r_m2)
@@ -1029,7 +1047,24 @@ class MISTRetriever(Retriever):
         return _apply_curve(d, self._calib)
 
     # ------------------------------------------------------------------ per projection
+    def _dewarped(self, sample):
+        """Issue 14: the sample resampled at r + u, with u the speckle displacement tracked by LCS-DF (two
+        refine passes), so that the first-order fit does not take refraction's second-order terms
+        (½ u_i u_j ∂_i∂_j I_R, Pavlov 2020 Eq. 1 before approximation 5) for Fokker–Planck blur."""
+        from xspeckle.retrieve.lcs import warp_cubic
+
+        u = self._lcs(sample, refine=2)["displacement"]
+        return warp_cubic(sample, -u[0], -u[1])
+
     def _retrieve(self, sample) -> dict[str, Any]:
+        out = self._retrieve_model(sample)
+        if self._lcs is not None and not self._diffusion_only:
+            # D from the fit to the dewarped sample; phase/transmission stay from the plain fit (resampling
+            # moves ∇²φ to r + u and costs phase accuracy: measured in benchmarks/results/mist.md)
+            out["diffusion"] = self._retrieve_model(self._dewarped(sample)).pop("diffusion")
+        return out
+
+    def _retrieve_model(self, sample) -> dict[str, Any]:
         if self.model == "phase-object":
             return self._model_check(self._phase_object(sample), sample)
         if self.model == "transport":
