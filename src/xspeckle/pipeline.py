@@ -507,14 +507,14 @@ def _retrieve_drift_corrected(state: _State, norm):
     """Drift hook (issue 18): per angle, the speckle shift of each position between the reference and the
     sample frame (``preprocess.estimate_drift`` in the region ``spec.drift``), the reference moved onto it,
     and a retriever built on that reference (reused while the shifts stay within 0.01 px)."""
-    from xspeckle.preprocess import estimate_drift, shift_frames
+    from xspeckle.preprocess import estimate_drift, shift_reference
 
     results, retrievers, shifts = [], [], []
     for j in range(norm.shape[0]):
         s = estimate_drift(state.reference, norm[j], region=state.spec.drift)
         key = tuple(np.round(s, 2).ravel().tolist())
         if key != state._drift_key:
-            ref = shift_frames(state.reference, s)
+            ref = shift_reference(state.reference, norm[j], s)
             state._drift_retriever = _build(state.spec.method, ref, state.scan.geometry, json.loads(state.spec.params_json))
             state._drift_key = key
         retrievers.append(state._drift_retriever)

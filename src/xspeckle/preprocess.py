@@ -19,7 +19,7 @@ from xspeckle import backend as B
 from xspeckle.errors import InputError
 
 __all__ = ["normalise", "crop", "bin_frames", "fix_bad_pixels", "DRIFT_REGIONS", "drift_mask", "shift_frames",
-           "estimate_shift", "estimate_drift", "correct_drift"]
+           "estimate_shift", "estimate_drift", "shift_reference", "correct_drift"]
 
 
 def fix_bad_pixels(img, *, mask=None, size: int = 3):
@@ -317,10 +317,43 @@ def estimate_drift(reference, sample, *, region: str = "wings", wing_frac: float
     return np.stack([estimate_shift(r[i], g[i], mask=m) for i in range(r.shape[0])])
 
 
-def correct_drift(reference, sample, *, region: str = "wings", wing_frac: float = 0.1):
-    """Estimate the drift of each position and shift the reference onto the sample's speckle.
+def shift_reference(reference, sample, shifts_px):
+    """Move each reference onto its sample frame's speckle: ``reference[p](r - s_p)``.
 
-    The reference is moved (not the sample), so the sample itself stays where it is in the projection.
+    The shifted reference is unknown within ``ceil(|s|) + 1`` px of the frame edge (it would need data from
+    outside the frame); that band is filled with the sample frame itself, which equals the shifted reference
+    wherever the band is air (the side wings; a sample reaching the top or bottom rows gets a few rows of
+    "no sample" there instead of reflected garbage). Global methods (PWF's propagation, Fourier integration)
+    need this: with a reflected border PWF's phase error on pwf-beads triples under a 2 px drift
+    (benchmarks/bench_drift.py).
+
+    Parameters
+    ----------
+    reference, sample : array (P, H, W)
+    shifts_px : array (P, 2)
+        ``(dy, dx)`` per position (:func:`estimate_drift`).
+
+    Returns
+    -------
+    float32 array (P, H, W), same array module.
+    """
+    xp = B.get_xp(reference)
+    out = shift_frames(reference, shifts_px)
+    g = xp.asarray(sample, dtype=xp.float32)
+    s = np.asarray(B.asnumpy(shifts_px), dtype=np.float64).reshape(-1, 2)
+    for i in range(out.shape[0]):
+        b = int(np.ceil(np.abs(s[i]).max())) + 1
+        for sl in ((slice(0, b), slice(None)), (slice(-b, None), slice(None)),
+                   (slice(None), slice(0, b)), (slice(None), slice(-b, None))):
+            out[(i,) + sl] = g[(i,) + sl]
+    return out
+
+
+def correct_drift(reference, sample, *, region: str = "wings", wing_frac: float = 0.1):
+    """Estimate the drift of each position and move the reference onto the sample's speckle.
+
+    The reference is moved (not the sample), so the sample itself stays where it is in the projection
+    (:func:`shift_reference`, border band filled from the sample frame).
 
     Returns
     -------
@@ -328,4 +361,5 @@ def correct_drift(reference, sample, *, region: str = "wings", wing_frac: float 
     """
     shifts = estimate_drift(reference, sample, region=region, wing_frac=wing_frac)
     ref = reference if reference.ndim == 3 else reference[None]
-    return shift_frames(ref, shifts), shifts
+    smp = sample if sample.ndim == 3 else sample[None]
+    return shift_reference(ref, smp, shifts), shifts
