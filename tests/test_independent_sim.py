@@ -113,6 +113,27 @@ def test_talbot_self_image_and_grating_fringes_are_exact_not_paraxial():
     assert np.abs(I_z - analytic(-math.pi * lam * z / d**2)).max() > 0.2  # paraxial would be this far off
 
 
+def test_gaussian_beam_width_and_wavefront_curvature():
+    """A Gaussian beam ``exp(−r²/w0²)`` after z: ``w(z) = w0·sqrt(1 + (z/z_R)²)``, ``z_R = πw0²/λ``, and a
+    diverging wavefront ``exp(+ik r²/2R)``, ``R = z(1 + (z_R/z)²)`` (Saleh & Teich, *Fundamentals of
+    Photonics*, §3.1; the
+    e^{+ikz} convention of interfaces.md)."""
+    n, h, lam, w0 = 256, 0.25e-6, 1.0e-10, 2.0e-6
+    zr = math.pi * w0 * w0 / lam
+    z = 1.5 * zr
+    c = (np.arange(n) - n / 2) * h
+    r2 = c[:, None] ** 2 + c[None, :] ** 2
+    u = propagate_angular_spectrum(np.exp(-r2 / w0**2).astype(np.complex64), h, lam, z)
+    I = np.abs(u) ** 2
+    w = math.sqrt(2 * (I * r2).sum() / I.sum())  # second-moment radius = w for a Gaussian of exp(−2r²/w²)
+    assert abs(w / (w0 * math.sqrt(1 + (z / zr) ** 2)) - 1) < 2e-3
+    R = z * (1 + (zr / z) ** 2)
+    k = 2 * math.pi / lam
+    sel = (r2 > 0) & (r2 < (1.5 * w) ** 2)
+    ph = np.angle(u * np.conj(u[n // 2, n // 2]))
+    assert np.abs(np.angle(np.exp(1j * (ph[sel] - k * r2[sel] / (2 * R))))).max() < 0.02
+
+
 def test_paraxial_limit_and_sign_match_the_project_convention():
     """At X-ray numbers the exact transfer equals the paraxial exp(−iπλz f²) of interfaces.md to
     < 1e-3 rad, so the sign convention (phase negative in matter) is the project's."""
