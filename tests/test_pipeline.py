@@ -590,6 +590,8 @@ def test_real_method_through_the_pipeline(tmp_path):
         exp = r(s.normalised_sample(2))
         assert f.attrs["method"] == m
         for k, v in exp.items():
+            if k == "warnings":  # model-check lines (issue 14) go to the attributes, not to /retrieval maps
+                continue
             got = f["retrieval"][k][2] if v.ndim == 2 else f["retrieval"][k][:, 2]
             assert np.asarray(v, np.float32).tobytes() == got.tobytes(), k
             assert np.isfinite(got).all()
