@@ -385,10 +385,10 @@ def test_geometry_numbers_stored_as_text_are_read_as_numbers(capsys, tmp_path, s
                                           (b"\xff\xfe", "energy_ev must be a number"),
                                           ("", "energy_ev must be a number")])
 def test_geometry_text_that_is_not_a_number(capsys, tmp_path, small_scan, value, match):
-    p = _scan_with_geometry_attrs(tmp_path / "bad.h5", small_scan, energy_ev=np.void(value) if isinstance(value, bytes) and value.startswith(b"\xff") else value)
+    p = _scan_with_geometry_attrs(tmp_path / "bad.h5", small_scan, energy_ev=np.bytes_(value) if isinstance(value, bytes) else value)
     for cmd in (["info", p, "--check"], ["retrieve", p, tmp_path / "o.h5", "--method", "mist"], ["calibrate", p]):
         code, out, err = cli(capsys, *cmd)
-        assert_one_error(code, err, "energy_ev must be a number")
+        assert_one_error(code, err, match)
         assert not (tmp_path / "o.h5").exists()
 
 

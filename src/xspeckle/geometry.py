@@ -200,7 +200,10 @@ class Geometry:
             if k not in known:
                 continue
             if isinstance(v, bytes):
-                v = v.decode()
+                try:
+                    v = v.decode()
+                except UnicodeDecodeError:  # not text: __post_init__ says which attribute is not a number
+                    pass
             if hasattr(v, "item") and getattr(v, "shape", ()) == ():
                 v = v.item()
             kw[k] = v
