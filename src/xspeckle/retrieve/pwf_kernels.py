@@ -15,9 +15,12 @@ Per iteration (batch B, K diffuser positions), counted transforms:
   (1 inverse with the δ/β prior).
 
 That is the reference path's count (8 complex + 9 real for K = 1); the gain is in how they run: every
-complex FFT in place on one reused work buffer (no 60 MB page-faulted temporaries), the real inverse
-FFTs as two in-place 1-D passes, and the ~60 NumPy element-wise passes of the reference (the complex
-exponential alone is a complex128-speed NumPy loop) fused into 9 kernels:
+complex FFT in place on one reused work buffer (no 60 MB page-faulted temporaries), the real FFTs as
+two 1-D passes of which one is in place, and the ~60 NumPy element-wise passes of the reference (the
+complex exponential alone is a slow NumPy loop) fused into the 11 kernels below.  Tried and dropped:
+F{Re ψ}, F{Im ψ} from one complex FFT of ψ split by Hermitian symmetry (no gain measured; 50x the
+rounding error on F{Re ψ} for thick samples).  Fewer transforms would need the solver to carry F{ψ}
+alongside ψ; :func:`momentum_step` is the solver update fused into one pass.
 
 ========================  ==============================================================
 ``exp``                   x = e^ψ = e^{Re ψ}(cos Im ψ + i sin Im ψ), float32, vectorised polynomials
@@ -30,12 +33,13 @@ exponential alone is a complex128-speed NumPy loop) fused into 9 kernels:
 ``mul_real``              a ·= h (real factor, broadcast or full)
 ``conj_mean``             G[b] = (1/K) Σ_k v[b, k] · t̄[k]  (K > 1)
 ``final``                 g = G · x̄ / c; Re g, Im g + b Re g, Re ψ, Im ψ as contiguous float32
+``add``                   g_re = a_re Γ²⊛Re ψ + Re g
 ``regulariser``           Σ w|F Re ψ|², Σ w'|F Im ψ|² (float64), F{g_im} = P⁻¹ F{Im g} + a_im Γ² F{Im ψ}
                           (+ b a_re Γ² F{Re ψ}), F{g_re,reg} = a_re Γ² F{Re ψ}
 ========================  ==============================================================
 
-Implementations of the kernels: numba (``nogil``, float32, rows split over a thread pool) on NumPy
-arrays; a NumPy/CuPy twin (:class:`XpOps`, in-place ufuncs with ``out=``) that runs the same driver
+Implementations of the kernels: numba (``nogil``, float32, rows split over a thread pool of
+:func:`xspeckle.backend.fft_workers` threads, work buffers kept per thread and model) on NumPy arrays; a NumPy/CuPy twin (:class:`XpOps`, in-place ufuncs with ``out=``) that runs the same driver
 on CuPy, and on NumPy when numba is missing or ``XSPECKLE_NUMBA=0``.  The reference path of
 :meth:`PWFModel.gradient` stays as the specification (``pwf_kernels.USE_FUSED = False`` selects it).
 """
