@@ -96,3 +96,22 @@ def test_dark_field_not_faked_by_refraction():
     for name, d in (("mist dewarp", r(smp)["diffusion"]), ("lcs-df", get_method("lcs-df")(ref, g)(smp)["diffusion"])):
         ratio, corr = score(d)
         assert abs(ratio - 1) <= 0.25 and corr >= 0.8, (name, ratio, corr, plain)
+
+
+def test_noise_weighting_option():
+    # Pavlov 2020 Table I: "least squares accounting for noise": weights 1/(I_R + I_S) per position; on a
+    # dark-field set it recovers D as the unweighted solve does (both first order), and only for phase-object
+    from xspeckle.errors import ParameterError
+
+    ref, smp, g, truth, mask, dt = make_phase_set(128, 6, "df", seed=4)
+    core = dt > 0.9 * dt.max()
+    plain = MISTRetriever(ref, g)(smp)
+    r = MISTRetriever(ref, g, noise_weighting=True)
+    w = r(smp)
+    assert r.parameters["noise_weighting"] is True
+    assert all(w[k].dtype == np.float32 and np.isfinite(w[k]).all() for k in ("phase", "diffusion", "residual"))
+    dw, dp = np.median(w["diffusion"][core]), np.median(plain["diffusion"][core])
+    assert abs(dw / dt.max() - 1) < 0.15 and abs(dw / dp - 1) < 0.05, (dw, dp, dt.max())
+    assert _phase_error(w["phase"], truth, mask) < 1.2 * _phase_error(plain["phase"], truth, mask)
+    with pytest.raises(ParameterError):
+        MISTRetriever(ref, g, model="attenuating", gamma=100.0, noise_weighting=True)

@@ -869,6 +869,10 @@ class MISTRetriever(Retriever):
     blur_calibration : bool
         Map the first-order D estimate through the reference-based calibration (module
         docstring); ``False`` = Pavlov 2020 / Alloo 2022/2023 as published.
+    noise_weighting : bool
+        Phase-object model: weight each position's equation by 1/(I_R,n + I_S,n) (Poisson variance of
+        I_R − I_S), the paper's "least squares accounting for noise" (Pavlov 2020, Table I); default
+        ``False`` (unweighted, as the paper's Eq. 7 and the peers).  NumPy/CuPy path only.
     dewarp : bool
         Our extension (issue 14; phase-object and attenuating models, P ≥ 3): track the speckle
         displacement u by LCS-DF and take ``diffusion`` from the model fitted to the sample resampled at
@@ -903,6 +907,7 @@ class MISTRetriever(Retriever):
         block_rows: int | None = None,
         blur_calibration: bool = False,
         dewarp: bool = False,
+        noise_weighting: bool = False,
     ):
         super().__init__(reference, geometry)
         if model not in MODELS:
@@ -1016,6 +1021,11 @@ class MISTRetriever(Retriever):
         self._ref_mean = None  # mean reference over positions (float64), for the attenuation check
         self._calib = None
         self._diffusion_only = False  # internal: calibration runs need D only
+        self.noise_weighting = bool(noise_weighting)
+        if self.noise_weighting and model != "phase-object":
+            raise ParameterError(f"mist: noise_weighting applies to the phase-object model, not {model!r}")
+        self.parameters["noise_weighting"] = self.noise_weighting
+        self._lap_w = None
         self.dewarp = bool(dewarp)
         self._lcs = None
         if self.dewarp:
@@ -1116,7 +1126,57 @@ class MISTRetriever(Retriever):
         d_eff = self._calibrated(_finite(x_all[1] * np.float32(p * p / delta)))
         return {"phase": _finite(phase), "diffusion": d_eff, "displacement": xp.ascontiguousarray(u), "residual": _finite(res)}
 
+    def _weighted_phase_object(self, sample):
+        """Pavlov 2020 Eq. (6) solved "in the least-squares sense accounting for noise" (paper, Table I): each
+        equation n weighted by 1/var(b_n) with var(I_R,n − I_S,n) ∝ I_R,n + I_S,n (Poisson, normalised
+        units; the photon scale cancels).  Per projection 2×2 weighted normal equations in float64, Tikhonov
+        λ_j = α·mean_pixels(M_jj) (the unweighted solver's rule in unit-free form)."""
+        xp = B.get_xp(sample)
+        ref = self.reference
+        P, H, W = ref.shape
+        if self._lap_w is None:
+            self._lap_w = _laplacian_px(ref)  # ∇²I_R (px⁻²), reference-only: once
+        lap = self._lap_w  # column −∇²I_R
+        m00 = xp.zeros((H, W), np.float64)
+        m01 = xp.zeros_like(m00)
+        m11 = xp.zeros_like(m00)
+        r0 = xp.zeros_like(m00)
+        r1 = xp.zeros_like(m00)
+        for n in range(P):
+            w = 1.0 / xp.maximum(ref[n].astype(np.float64) + sample[n], 1e-6)
+            a = ref[n].astype(np.float64)
+            c = -lap[n].astype(np.float64)
+            b = a - sample[n]
+            m00 += w * a * a
+            m01 += w * a * c
+            m11 += w * c * c
+            r0 += w * a * b
+            r1 += w * c * b
+        m00 += self.alpha * float(xp.mean(m00))
+        m11 += self.alpha * float(xp.mean(m11))
+        det = m00 * m11 - m01 * m01
+        ok = xp.abs(det) > 1e-300
+        det = xp.where(ok, det, 1.0)
+        g = xp.where(ok, (m11 * r0 - m01 * r1) / det, 0.0)
+        c = xp.where(ok, (m00 * r1 - m01 * r0) / det, 0.0)
+        lap_phi = _finite((g * (self._k / self._delta)).astype(np.float32))  # ∇²φ = (k/Δ)·g
+        d_eff = _finite((c * (self._p**2 / self._delta)).astype(np.float32))  # D_eff = c·p²/Δ
+        if self._diffusion_only:
+            return {"diffusion": d_eff}
+        res = xp.zeros((H, W), np.float64)
+        ss = xp.zeros((H, W), np.float64)
+        for n in range(P):
+            e = ref[n] - sample[n] - g * ref[n] + c * lap[n]
+            res += e * e
+            ss += sample[n].astype(np.float64) ** 2
+        res = _finite(xp.sqrt(res / xp.maximum(ss, 1e-30)).astype(np.float32))
+        phase, self.last_epsilon_per_m2 = _phase_from_laplacian(lap_phi, self.geometry, self.epsilon_per_m2,
+                                                                self.border_px, self._ilap)
+        return {"phase": _finite(phase), "diffusion": self._calibrated(d_eff), "residual": res}
+
     def _phase_object(self, sample):
+        if self.noise_weighting:
+            return self._weighted_phase_object(sample)
         if self._fast is not None:
             # ∇²φ = (k/Δ)·g [m⁻²], D_eff = c·p²/Δ [m] (Pavlov 2020 Eq. 6–7 with our column scaling)
             lap_phi, d_eff, res = self._fast.solve(sample, self._k / self._delta, self._p**2 / self._delta,
