@@ -301,6 +301,10 @@ def retrieve(
         None, "--drift", metavar="REGION",
         help="Correct diffuser drift before retrieval: measure each reference/sample shift in the free-space "
              "side wings (wings) or the whole frame (frame); shifts stored as /drift/shifts_px."),
+    flat_mode: str = typer.Option(
+        "mean", "--flat-mode", metavar="MODE",
+        help="Flat-field drift: mean (one mean flat), nearest or linear (per angle, from the flats' angles in "
+             "/exchange/theta_white)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Retrieve phase, transmission and dark field from a scan."""
@@ -344,7 +348,7 @@ def retrieve(
     fn = _import("xspeckle.pipeline", "retrieve_scan", "xspeckle retrieve (the pipeline)")
     with _progress(f"retrieve {method}") as cb:
         path = fn(scan, out, method=method, positions=pos, device=device, workers=workers, scheduler=scheduler,
-                  params=params, overwrite=overwrite, progress=cb, drift=drift,
+                  params=params, overwrite=overwrite, progress=cb, drift=drift, flat_mode=flat_mode,
                   log=lambda msg: print(f"xspeckle: {msg}", file=sys.stderr))
     _out(f"wrote {path}")
 

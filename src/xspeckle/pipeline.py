@@ -358,10 +358,12 @@ class _Spec:
     params_json: str
     device: str
     drift: str | None = None  # "wings" / "frame": correct diffuser drift per angle (preprocess.estimate_drift)
+    flat_mode: str = "mean"  # "nearest" / "linear": per-angle flat from /exchange/theta_white (flat drift)
 
     @property
     def key(self) -> str:
-        return _dumps([self.scan_path, self.positions, _method_ref(self.method), self.params_json, self.device, self.drift])
+        return _dumps([self.scan_path, self.positions, _method_ref(self.method), self.params_json, self.device, self.drift,
+                       self.flat_mode])
 
 
 class _State:
@@ -379,14 +381,21 @@ class _State:
             # Scan.normalised_* do, so every method sees intensities ≈ 1 whatever the detector's counts
             scale = np.float32(self.scan.intensity_scale())
             flat = (dark + scale) if dark is not None else np.full(self.scan.frame_shape, scale, np.float32)
+        self.flat_groups = self.flat_positions = None
+        ref_flat = flat
+        if spec.flat_mode != "mean":  # flat drift: flats grouped by /exchange/theta_white, one flat per angle
+            self.flat_groups, self.flat_positions, ref_flat = _flat_drift_setup(self.scan, spec.flat_mode)
         if spec.device == "cuda":
             self.flat = None if flat is None else B.to_device(flat, "cuda")
             self.dark = None if dark is None else B.to_device(dark, "cuda")
+            ref_flat = None if ref_flat is None else B.to_device(ref_flat, "cuda")
+            if self.flat_groups is not None:
+                self.flat_groups = B.to_device(self.flat_groups, "cuda")
         else:
             self.flat, self.dark = flat, dark
         self.reference = None
         if retriever is None or spec.drift:
-            ref = _normalised_reference(self.scan, self.positions, spec.device, self.flat, self.dark)
+            ref = _normalised_reference(self.scan, self.positions, spec.device, ref_flat, self.dark)
             if spec.drift:
                 self.reference = ref  # kept: shifted onto each angle's speckle (drift hook in _compute)
             if retriever is None:
@@ -394,6 +403,44 @@ class _State:
         self.retriever = retriever
         self._drift_key = None  # shifts (0.01 px) the current drift-corrected retriever was built for
         self._drift_retriever = None
+
+
+def _flat_drift_setup(scan, mode: str):
+    """Flat groups and positions (degrees) from ``/exchange/theta_white`` (DXchange's name), and the flat for
+    the references: at ``/exchange/theta_reference`` (P,) when present (the first position's), else the mean."""
+    import h5py
+
+    from xspeckle.preprocess import flat_for_angle, flat_groups
+
+    raw = scan._raw_white()
+    if raw is None:
+        raise InputError(f"{scan.path}: flat_mode={mode!r} needs flat fields (/exchange/data_white); the scan has none")
+    with h5py.File(scan.path, "r") as f:
+        if "exchange/theta_white" not in f:
+            raise InputError(
+                f"{scan.path}: flat_mode={mode!r} needs /exchange/theta_white (the angle, in degrees, at which each "
+                "flat was taken); add it or use flat_mode='mean'"
+            )
+        pos = np.asarray(f["exchange/theta_white"][()], np.float64)
+        ref_pos = np.asarray(f["exchange/theta_reference"][()], np.float64) if "exchange/theta_reference" in f else None
+    groups, gpos = flat_groups(np.asarray(raw[()], np.float32), pos)
+    ref_flat = groups.mean(axis=0) if ref_pos is None else flat_for_angle(groups, gpos, float(ref_pos.ravel()[0]), mode)
+    return groups, gpos, ref_flat
+
+
+def _normalise_angles(state: "_State", raw, angles: Sequence[int]):
+    """Dark/flat normalisation of a batch ``(B, P, H, W)``: the mean flat, or each angle's own (flat drift)."""
+    from xspeckle.preprocess import flat_for_angle, normalise
+
+    if state.flat_groups is None:
+        return normalise(raw, state.flat, state.dark)
+    xp = B.get_xp(raw)
+    theta = state.scan.theta_deg
+    return xp.stack([
+        normalise(raw[j], flat_for_angle(state.flat_groups, state.flat_positions, float(theta[int(a)]),
+                                         state.spec.flat_mode), state.dark)
+        for j, a in enumerate(angles)
+    ])
 
 
 def _resolve_method(method: Any):
@@ -476,12 +523,10 @@ def retrieve_batch(retriever, stack, *, batch_axis: bool | None = None) -> list[
 
 def _compute(state: _State, angles: Sequence[int]) -> list[tuple[int, dict[str, np.ndarray]]]:
     """Read, normalise and retrieve some angles; maps come back as float32 NumPy."""
-    from xspeckle.preprocess import normalise
-
     raw = _read_angles(state, angles)
     if state.spec.device == "cuda":
         raw = B.to_device(raw, "cuda")
-    norm = normalise(raw, state.flat, state.dark)
+    norm = _normalise_angles(state, raw, angles)
     del raw
     if state.spec.drift:
         results, retrievers, shifts = _retrieve_drift_corrected(state, norm)
@@ -1307,6 +1352,7 @@ def retrieve_scan(
     batch: int | None = None,
     log: Callable[[str], None] | None = None,
     drift: str | None = None,
+    flat_mode: str = "mean",
 ) -> Path:
     """Retrieve every projection of a scan file into a retrieval file (streaming, resumable).
 
@@ -1349,6 +1395,11 @@ def retrieve_scan(
         reference and the sample frame is measured in the free-space side wings (or the whole frame) and the
         reference is moved onto it before retrieval (:func:`xspeckle.preprocess.estimate_drift`); the shifts
         are stored as ``/drift/shifts_px`` ``(A, P, 2)`` (dy, dx) px.
+    flat_mode : {"mean", "nearest", "linear"}
+        Flat-field drift: with several flats taken during the scan (``/exchange/theta_white``, the angle in
+        degrees of each flat, DXchange's name), normalise each angle with the nearest flat group or the linear
+        interpolation between the two that bracket it (:func:`xspeckle.preprocess.flat_for_angle`). The
+        references use the flat at ``/exchange/theta_reference`` when given, else the mean flat.
 
     Returns
     -------
@@ -1391,6 +1442,10 @@ def retrieve_scan(
     method_name = method if isinstance(method, str) else (getattr(cls, "name", "") or cls.__name__)
     params = dict(params or {})
     params_json = _dumps(params)
+    from xspeckle.preprocess import FLAT_MODES
+
+    if flat_mode not in FLAT_MODES:
+        raise InputError(f"flat_mode must be one of {', '.join(FLAT_MODES)}, got {flat_mode!r}")
     if drift is not None:
         from xspeckle.preprocess import DRIFT_REGIONS
 
@@ -1407,8 +1462,9 @@ def retrieve_scan(
         pos = scan.positions(positions)
         n_ang = scan.n_angles
         hash_ = input_hash(scan_path, method=method, positions=pos, device=device,
-                           params={**params, "drift": drift} if drift else params)
-        spec = _Spec(str(Path(scan_path).resolve()), tuple(pos), method, params_json, device, drift)
+                           params={**params, **({"drift": drift} if drift else {}),
+                                   **({"flat_mode": flat_mode} if flat_mode != "mean" else {})})
+        spec = _Spec(str(Path(scan_path).resolve()), tuple(pos), method, params_json, device, drift, flat_mode)
 
         # ---- resume?
         restarted = None
@@ -1474,7 +1530,8 @@ def retrieve_scan(
         with open_geometry_attrs(scan.path) as geom_attrs:
             geometry_attrs = dict(geom_attrs)
         pipeline_info = {"scan": str(Path(scan_path).resolve()), "positions": pos, "device": device,
-                         "input_hash": hash_, "method_ref": _method_ref(method), "drift": drift}
+                         "input_hash": hash_, "method_ref": _method_ref(method), "drift": drift,
+                         "flat_mode": flat_mode}
 
         total = n_ang
         done_count = [resumed]

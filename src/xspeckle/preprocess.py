@@ -19,7 +19,8 @@ from xspeckle import backend as B
 from xspeckle.errors import InputError
 
 __all__ = ["normalise", "crop", "bin_frames", "fix_bad_pixels", "DRIFT_REGIONS", "drift_mask", "shift_frames",
-           "estimate_shift", "estimate_drift", "shift_reference", "correct_drift"]
+           "estimate_shift", "estimate_drift", "shift_reference", "correct_drift", "FLAT_MODES", "flat_groups",
+           "flat_for_angle"]
 
 
 def fix_bad_pixels(img, *, mask=None, size: int = 3):
@@ -363,3 +364,69 @@ def correct_drift(reference, sample, *, region: str = "wings", wing_frac: float 
     ref = reference if reference.ndim == 3 else reference[None]
     smp = sample if sample.ndim == 3 else sample[None]
     return shift_reference(ref, smp, shifts), shifts
+
+
+# --------------------------------------------------------------------------- flat-field drift (issue 18)
+#: ``mode`` values of :func:`flat_for_angle` (and ``retrieve_scan(flat_mode=...)``)
+FLAT_MODES = ("mean", "nearest", "linear")
+
+
+def flat_groups(flats, positions):
+    """Average flat frames taken at the same position of the scan.
+
+    Parameters
+    ----------
+    flats : array (F, H, W)
+        Flat fields (no diffuser, no sample), raw counts or dark-subtracted.
+    positions : array (F,)
+        Where each flat was taken on the angle-index axis of the scan (e.g. -1 before the first angle,
+        ``A`` after the last; fractional allowed), or its acquisition time on the same clock as the angles.
+
+    Returns
+    -------
+    (groups (G, H, W) float32, group_positions (G,) float64), sorted by position.
+    """
+    f = np.asarray(B.asnumpy(flats), dtype=np.float32)
+    pos = np.asarray(B.asnumpy(positions), dtype=np.float64).reshape(-1)
+    if f.ndim != 3 or pos.shape != (f.shape[0],):
+        raise InputError(f"flat drift: {pos.size} flat positions for flats of shape {tuple(f.shape)}; need one per flat")
+    if not np.isfinite(pos).all():
+        raise InputError("flat drift: flat positions must be finite numbers")
+    u = np.unique(pos)
+    return np.stack([f[pos == p].mean(axis=0, dtype=np.float64).astype(np.float32) for p in u]), u
+
+
+def flat_for_angle(groups, group_positions, position: float, mode: str = "linear"):
+    """The flat field to normalise a frame taken at *position* (angle index or time).
+
+    ``"nearest"``: the group closest in position; ``"linear"``: linear interpolation between the two groups
+    that bracket it (the nearest one outside their range), ``w = (x - x0) / (x1 - x0)``,
+    ``flat = (1 - w) F0 + w F1``; ``"mean"``: the mean of all groups.
+
+    Parameters
+    ----------
+    groups : array (G, H, W)
+    group_positions : array (G,), increasing
+    position : float
+    mode : {"mean", "nearest", "linear"}
+
+    Returns
+    -------
+    float32 array (H, W), same array module as *groups*.
+    """
+    if mode not in FLAT_MODES:
+        raise InputError(f"flat drift: mode must be one of {', '.join(FLAT_MODES)}, got {mode!r}")
+    xp = B.get_xp(groups)
+    x = np.asarray(group_positions, dtype=np.float64)
+    if mode == "mean" or len(x) == 1:
+        return groups.mean(axis=0).astype(xp.float32) if len(x) > 1 else groups[0]
+    p = float(position)
+    if mode == "nearest":
+        return groups[int(np.argmin(np.abs(x - p)))]
+    if p <= x[0]:
+        return groups[0]
+    if p >= x[-1]:
+        return groups[-1]
+    i = int(np.searchsorted(x, p)) - 1
+    w = (p - x[i]) / (x[i + 1] - x[i])
+    return ((1.0 - w) * groups[i] + w * groups[i + 1]).astype(xp.float32)
