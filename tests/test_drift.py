@@ -213,3 +213,16 @@ def test_cli_flat_mode_error(tmp_path, capsys):
     assert run(["retrieve", str(p), str(tmp_path / "o.h5"), "--method", "umpa", "--flat-mode", "linear"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "theta_white" in err[0]
+
+
+def test_cli_simulate_drift(tmp_path, capsys):
+    import h5py
+
+    from xspeckle.cli import run
+
+    assert run(["simulate", "tracking-shift", str(tmp_path / "s.h5"), "--size", "48", "--drift", "0.5,-1.25"]) == 0
+    with h5py.File(tmp_path / "s.h5") as f:
+        np.testing.assert_allclose(f["truth/drift_px"][()], np.tile([0.5, -1.25], (f["truth/drift_px"].shape[0], 1)))
+    capsys.readouterr()
+    assert run(["simulate", "tracking-shift", str(tmp_path / "t.h5"), "--drift", "1"]) == 2
+    assert "DY,DX" in capsys.readouterr().err

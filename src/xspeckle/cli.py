@@ -265,6 +265,10 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     size: Optional[int] = typer.Option(None, "--size", help="Frame size in pixels (square)."),
     angles: Optional[int] = typer.Option(None, "--angles", help="Number of rotation angles."),
+    drift: Optional[str] = typer.Option(
+        None, "--drift", metavar="DY,DX",
+        help="Diffuser repositioning error between the reference and sample stacks, px (pwf-beads, mist-berry, "
+             "tracking-shift); the truth keeps it as /truth/drift_px."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Simulate a speckle scan with ground truth (writes a scan file)."""
@@ -280,8 +284,17 @@ def simulate(
         presets = getattr(sim, "PRESETS", None)
     if presets is not None and preset not in presets:
         raise ParameterError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted(presets))}")
+    drift_px = None
+    if drift is not None:
+        try:
+            drift_px = [float(v) for v in drift.split(",")]
+        except ValueError:
+            drift_px = []
+        if len(drift_px) != 2 or not all(math.isfinite(v) for v in drift_px):
+            raise ParameterError(f"--drift {drift!r}: give two numbers DY,DX in pixels, e.g. --drift 0.5,-1.2")
     fn = _import("xspeckle.simulate", "simulate_preset", "xspeckle simulate")
-    path = fn(preset, out, seed=seed, size=size, angles=angles, overwrite=overwrite)
+    path = fn(preset, out, seed=seed, size=size, angles=angles, overwrite=overwrite,
+              **({"drift_px": drift_px} if drift_px is not None else {}))
     _out(f"wrote {path}")
 
 

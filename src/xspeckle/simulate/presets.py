@@ -634,10 +634,11 @@ def write_simulated(sim: SimulatedScan, path, *, overwrite: bool = False, compre
 
 
 def simulate_preset(name: str, out_path, *, seed: int = 0, size: int | None = None, angles: int | None = None,
-                    positions: int | None = None, overwrite: bool = False) -> Path:
-    """Simulate *name* and write it to *out_path* (what ``xspeckle simulate`` calls)."""
+                    positions: int | None = None, overwrite: bool = False, drift_px=None) -> Path:
+    """Simulate *name* and write it to *out_path* (what ``xspeckle simulate`` calls); *drift_px* as in
+    :func:`make_preset`."""
     from xspeckle.io.atomic import check_output_path
 
     check_output_path(out_path, overwrite=overwrite)  # fail before the work, not after
-    sim = make_preset(name, seed=seed, size=size, angles=angles, positions=positions)
+    sim = make_preset(name, seed=seed, size=size, angles=angles, positions=positions, drift_px=drift_px)
     return write_simulated(sim, out_path, overwrite=overwrite)
