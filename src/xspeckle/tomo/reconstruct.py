@@ -69,8 +69,9 @@ def reconstruct_file(
         the middle 80 % of the detector (:func:`xspeckle.tomo.center.find_center`, ``"auto"``: the sharpest
         reconstruction around the 180-degree pair estimate when there is one, else around the
         centre-of-mass sinusoid fit), falling back to ``(W - 1) / 2`` when that fails. The root attributes
-        ``center_source`` (coarse estimate: "0/180 pair", "centre-of-mass fit", "detector middle" or "user")
-        and ``center_refinement`` ("reconstruction negativity" or "none") say which.
+        ``center_source`` (coarse estimate: "0/180 pair", "centre-of-mass fit", "detector middle",
+        "360 overlap" with ``half_acquisition``, or "user") and ``center_refinement`` ("reconstruction
+        negativity" or "none") say which.
     overwrite : bool
         Replace an existing output file.
     progress : callable(done, total), optional
