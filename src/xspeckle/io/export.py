@@ -72,7 +72,7 @@ def _pixel_size_m(f: h5py.File, path: Path) -> float:
     return p
 
 
-def _slabs(shape):  # noqa: D401
+def _slabs(shape):
     """Index tuples of the 2-D images of a dataset (Y, X), (Z, Y, X) or (C, Z, Y, X): (component, slice)."""
     if len(shape) == 2:
         return [(None, None)]
