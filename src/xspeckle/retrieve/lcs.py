@@ -307,6 +307,39 @@ def warp_cubic(stack, ux, uy):
     return out.astype(np.float32)
 
 
+def _nb_solve(A, Minv, lam, smp, x_out, res_out, y0, y1):
+    """Per pixel: Aᵀb (float64 sums over positions), x = M⁻¹Aᵀb, RMS misfit sqrt((bᵀb − xᵀAᵀb − Σλ_j x_j²)/K)
+    (the identity of :meth:`LCSModel.solve`); the numba twin of its NumPy code (row by row, x innermost)."""
+    q, K, H, W = A.shape
+    atb = np.empty((q, W))
+    bb = np.empty(W)
+    r2 = np.empty(W)
+    for y in range(y0, y1):
+        atb[:] = 0.0
+        bb[:] = 0.0
+        for n in range(K):
+            srow = smp[n, y]
+            for x in range(W):
+                v = np.float64(srow[x])
+                bb[x] += v * v
+            for j in range(q):
+                arow = A[j, n, y]
+                for x in range(W):
+                    atb[j, x] += np.float64(arow[x]) * np.float64(srow[x])
+        r2[:] = bb
+        for j in range(q):
+            lj = lam[j]
+            for x in range(W):
+                v = 0.0
+                for k in range(q):
+                    v += np.float64(Minv[j, k, y, x]) * atb[k, x]
+                x_out[j, y, x] = np.float32(v)
+                r2[x] -= v * atb[j, x] + lj * v * v
+        for x in range(W):
+            res_out[y, x] = np.float32(np.sqrt(max(r2[x], 0.0) / K))
+    return 0
+
+
 def _kernels() -> dict[str, Any]:
     """The compiled kernels (numba, ``nogil``, disk-cached where possible), or {} without numba."""
     global _KERNELS
@@ -318,7 +351,7 @@ def _kernels() -> dict[str, Any]:
             return _KERNELS
         out = {}
         for name, fn in (("columns", _nb_columns), ("diag", _nb_diag_sums), ("inverse", _nb_inverse),
-                         ("warp", _nb_warp)):
+                         ("warp", _nb_warp), ("solve", _nb_solve)):
             try:
                 out[name] = numba.njit(nogil=True, cache=True)(fn)
             except RuntimeError:  # no writable cache location
@@ -437,9 +470,19 @@ class LCSModel:
         Minv = self.Minv if Minv is None else Minv
         lam = self.lam if lam is None else lam
         q, K, H, W = A.shape
+        if _fast_available(xp) and A.flags.c_contiguous and Minv.flags.c_contiguous:
+            smp = np.ascontiguousarray(sample, dtype=np.float32)
+            x = np.empty((q, H, W), np.float32)
+            res = np.empty((H, W), np.float32)
+            kern = _kernels()["solve"]
+            lam64 = np.asarray(lam, np.float64)
+            threads = B.fft_workers(K * H * W)
+            _map_rows(lambda y0, y1: kern(A, Minv, lam64, smp, x, res, y0, y1), _row_chunks(H, threads, None), threads)
+            return x, res
         bf = sample.reshape(K, H * W)
-        atb = xp.einsum("jnp,np->jp", A.reshape(q, K, H * W), bf).reshape(q, H, W)  # Aᵀb
-        bb = xp.einsum("np,np->p", bf, bf).reshape(H, W)
+        # sums in float64 (the misfit identity cancels: bᵀb ≈ xᵀAᵀb), as the numba kernel
+        atb = xp.einsum("jnp,np->jp", A.reshape(q, K, H * W), bf, dtype=np.float64).reshape(q, H, W)  # Aᵀb
+        bb = xp.einsum("np,np->p", bf, bf, dtype=np.float64).reshape(H, W)
         x = []
         for j in range(q):
             acc = Minv[j, 0] * atb[0]
@@ -449,8 +492,8 @@ class LCSModel:
         x = xp.stack(x)
         r2 = bb - xp.sum(x * atb, axis=0)
         for j in range(q):
-            r2 -= np.float32(lam[j]) * x[j] * x[j]
-        return x, xp.sqrt(xp.maximum(r2, 0) / np.float32(K))
+            r2 -= float(lam[j]) * x[j] * x[j]
+        return x.astype(np.float32), xp.sqrt(xp.maximum(r2, 0) / K).astype(np.float32)
 
 
 def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption: bool, refine: int = 0):
