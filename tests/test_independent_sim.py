@@ -116,8 +116,8 @@ def test_talbot_self_image_and_grating_fringes_are_exact_not_paraxial():
 def test_gaussian_beam_width_and_wavefront_curvature():
     """A Gaussian beam ``exp(−r²/w0²)`` after z: ``w(z) = w0·sqrt(1 + (z/z_R)²)``, ``z_R = πw0²/λ``, and a
     diverging wavefront ``exp(+ik r²/2R)``, ``R = z(1 + (z_R/z)²)`` (Saleh & Teich, *Fundamentals of
-    Photonics*, §3.1; the
-    e^{+ikz} convention of interfaces.md)."""
+    Photonics*, §3.1; the e^{+ikz}
+    convention of interfaces.md)."""
     n, h, lam, w0 = 256, 0.25e-6, 1.0e-10, 2.0e-6
     zr = math.pi * w0 * w0 / lam
     z = 1.5 * zr
