@@ -81,6 +81,11 @@ def test_stack_shape_and_errors(case):
     calls = []
     remove_rings(stack, "gain", progress=lambda d, t: calls.append((d, t)))
     assert calls[-1] == (2, 2)
+    assert np.isfinite(remove_rings(sino, "gain", order=3)).all()
+    with pytest.raises(ParameterError, match="order"):
+        remove_rings(sino, "gain", order=7)
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        remove_rings(sino, "gain", size=3)
     with pytest.raises(ParameterError, match="unknown method"):
         remove_rings(sino, "nope")
     with pytest.raises(ParameterError, match="NaN"):
