@@ -54,7 +54,7 @@ def test_multi_position_accuracy_and_sign(beads12):
     assert np.sqrt(np.mean((r.transmission - s.truth["transmission"][0]) ** 2)) < 0.03
     assert np.all(np.isfinite(r.residual)) and 0 < float(r.residual.mean()) < 0.05
     assert r.iterations[0] < 1000 and r.stop_reason[0] == "converged"
-    assert len(r.loss_history[0]) == r.iterations[0]
+    assert 0 < len(r.loss_history[0]) <= r.iterations[0] + 1        # lbfgs: iterations count every evaluation
 
 
 def test_single_position(beads12):
@@ -144,7 +144,7 @@ def test_batch_matches_single(beads12):
 def test_divergence_guard(beads12):
     s, ref, dat = beads12
     model = PWFModel(ref[:1], _geom_given(s))
-    r = model.solve(dat[None, :1], eta=(200.0, 200.0), max_iter=80, min_iter=80)
+    r = model.solve(dat[None, :1], scheme="fast", eta=(200.0, 200.0), max_iter=80, min_iter=80)
     assert r.parameters["n_divergence_resets"][0] > 0
     assert np.all(np.isfinite(r.phase)) and np.all(np.isfinite(r.loss_history[0]))
 

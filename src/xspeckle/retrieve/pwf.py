@@ -60,7 +60,7 @@ __all__ = ["PWFRetriever", "PWFResult", "PWFModel", "pwf", "fourier_resample", "
 
 #: optimisation schemes: "paper" = Alg. S1 (FISTA, fixed step, no restart, correlation stop + guards);
 #: "fast" = ours (adaptive momentum restart, ψ-change + loss-plateau stop), see :meth:`PWFModel.solve`.
-SCHEMES = ("fast", "paper")
+SCHEMES = ("lbfgs", "fast", "paper")
 
 #: options of :class:`PWFModel` (the rest of ``**params`` go to :meth:`PWFModel.solve`)
 MODEL_OPTIONS = ("coherence_length_x_m", "coherence_length_y_m", "gamma", "a_re", "a_im", "pad_ratio", "resample",
@@ -70,6 +70,8 @@ _SCHEME_DEFAULTS = {
     # eta: step (re, im); restart: O'Donoghue–Candès function-value restart; stop: rule
     "paper": dict(eta=(1.0, 1.0), restart=False, stop="correlation", min_iter=300, max_iter=5000),
     "fast": dict(eta=(1.0, 1.0), restart=True, stop="change", min_iter=50, max_iter=5000),
+    # ours: preconditioned L-BFGS (pwf_lbfgs.py); iterations = gradient evaluations
+    "lbfgs": dict(eta=(1.0, 1.0), restart=False, stop="lbfgs", min_iter=30, max_iter=3000),
 }
 
 
@@ -529,19 +531,25 @@ class PWFModel:
         return self.xp.sqrt((r * r).mean(axis=1)).astype(np.float32)
 
     # ------------------------------------------------------------------ solver
-    def solve(self, sample, *, scheme: str = "fast", eta=None, max_iter: int | None = None,
+    def solve(self, sample, *, scheme: str = "lbfgs", eta=None, max_iter: int | None = None,
               min_iter: int | None = None, corr_tol: float = 1e-5, check_every: int = 10,
               plateau_window: int = 50, plateau_tol: float | None = None, restart: bool | None = None,
               divergence_factor: float = 2.0, psi0=None, progress: Callable[[int, int], None] | None = None,
               change_tol: float | None = None, restart_min_gap: int = 0, max_halvings: int = 30,
-              grow_after: int = 100,
+              grow_after: int = 100, lbfgs_memory: int = 6,
               callback: Callable[[int, Any, Any], None] | None = None) -> PWFResult:
         """Run PWF on a batch of projections.
 
         Parameters
         ----------
         sample : array ``(B, K, H, W)`` (or ``(K, H, W)`` for B = 1), flat-normalised
-        scheme : {"fast", "paper"}
+        scheme : {"lbfgs", "fast", "paper"}
+            ``"lbfgs"`` (default): preconditioned L-BFGS with the paper's preconditioner as initial
+            inverse Hessian and an Armijo line search (:mod:`xspeckle.retrieve.pwf_lbfgs`); same
+            objective and fixed point as the paper, 5–7x fewer gradient evaluations on the
+            independent simulation; *iterations* count gradient evaluations; stops when the loss
+            has plateaued (*plateau_tol*, default 1e-4 over 20 iterations) and ψ changes by less
+            than *change_tol* (default 1e-3) over *check_every* iterations.
             ``"paper"``: Algorithm S1 — Nesterov/FISTA momentum, fixed step η = (1, 1), no restart,
             stop when ``−log10(corr(e^ψ_j, e^ψ_{j+1})) < corr_tol`` tested every *check_every*
             iterations (pwf.md §4 step 10) — plus our guards: not before *min_iter* (300) and only
@@ -576,6 +584,8 @@ class PWFModel:
         callback : callable(iteration, active_indices, psi), optional
             Called every *check_every* iterations with the current ψ ``(B', 1, Hr, Wr)`` of the
             still-active projections (diagnostics).
+        lbfgs_memory : int
+            ``"lbfgs"``: curvature pairs kept.
         """
         if scheme not in SCHEMES:
             raise ParameterError(f"pwf: scheme {scheme!r} unknown; choose one of {', '.join(SCHEMES)}")
@@ -586,9 +596,10 @@ class PWFModel:
         min_iter = int(min_iter if min_iter is not None else d["min_iter"])
         restart = bool(d["restart"] if restart is None else restart)
         stop_rule = d["stop"]
-        if plateau_tol is None:
+        if plateau_tol is None and scheme != "lbfgs":
             plateau_tol = 1e-3 if scheme == "paper" else 2e-4
-        change_tol = 3e-3 if change_tol is None else float(change_tol)
+        if scheme != "lbfgs":
+            change_tol = 3e-3 if change_tol is None else float(change_tol)
         s = xp.asarray(sample, dtype=np.float32)
         if s.ndim == 3:
             s = s[None]
@@ -598,6 +609,18 @@ class PWFModel:
         y, yspec = self.prepare(s)
 
         psi = xp.zeros((nb, 1) + self.shape, np.complex64) if psi0 is None else xp.asarray(psi0, np.complex64).copy()
+        if scheme == "lbfgs":
+            from xspeckle.retrieve.pwf_lbfgs import solve_lbfgs
+
+            kw = dict(memory=int(lbfgs_memory), check_every=check_every,
+                      change_tol=1e-3 if change_tol is None else float(change_tol))
+            if plateau_tol is not None:
+                kw["plateau_tol"] = float(plateau_tol)
+            out, evals, reasons, hist, extra = solve_lbfgs(self, yspec, psi, max_iter=max_iter, min_iter=min_iter,
+                                                           progress=progress, callback=callback, **kw)
+            return self._finish(out, y, evals, reasons, hist, scheme, eta, dict(
+                extra, min_iter=min_iter, max_iter=max_iter, memory=int(lbfgs_memory), stop_rule="lbfgs",
+                n_restart=[0] * nb, n_divergence_resets=[0] * nb))
         z_old = psi.copy()
         psi_acc = psi.copy()                     # last point whose loss was accepted (divergence guard)
         out_psi = xp.empty_like(psi)
@@ -788,7 +811,7 @@ def _check_solve_keys(params) -> None:
                              f"solver options: {', '.join(sorted(known))}")
 
 
-def pwf(*, reference, sample, geometry: Geometry, scheme: str = "fast", coherence_length_x_m=None,
+def pwf(*, reference, sample, geometry: Geometry, scheme: str = "lbfgs", coherence_length_x_m=None,
         coherence_length_y_m=None, progress=None, **kwargs) -> PWFResult:
     """Retrieve phase and transmission with PWF (plain-function API).
 
@@ -854,7 +877,7 @@ class PWFRetriever(Retriever):
         self.solve_params = params
         self.model = PWFModel(self.reference, geometry, **mk)
         self.parameters = self.model.parameters()
-        self.parameters["scheme"] = params.get("scheme", "fast")
+        self.parameters["scheme"] = params.get("scheme", "lbfgs")
 
     def _retrieve(self, sample) -> dict[str, Any]:
         t0 = time.perf_counter()
