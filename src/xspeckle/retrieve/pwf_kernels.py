@@ -65,7 +65,7 @@ _USE_NUMBA = os.environ.get("XSPECKLE_NUMBA", "1").strip().lower() not in ("0", 
 USE_FUSED = True
 
 _KERNELS: dict[str, Any] | None = None
-_POOL: dict[str, Any] = {"pid": None, "n": 0, "ex": None}
+_POOL: dict[Any, Any] = {"pid": None}
 _POOL_LOCK = threading.Lock()
 #: per-thread scratch buffers of the numba path, per model (weak keys: freed with the model)
 _TLS = threading.local()
@@ -404,11 +404,15 @@ def _kernels() -> dict[str, Any]:
 
 
 def _executor(n: int):
-    """A thread pool of *n* threads, recreated after a fork (a child inherits no live threads)."""
+    """A thread pool of *n* threads (one per size, kept), recreated after a fork (a child inherits no live threads)."""
     with _POOL_LOCK:
-        if _POOL["pid"] != os.getpid() or _POOL["n"] != n:
-            _POOL.update(pid=os.getpid(), n=n, ex=ThreadPoolExecutor(max_workers=n, thread_name_prefix="xspeckle-pwf"))
-        return _POOL["ex"]
+        if _POOL["pid"] != os.getpid():
+            _POOL.clear()
+            _POOL["pid"] = os.getpid()
+        ex = _POOL.get(n)
+        if ex is None:
+            ex = _POOL[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="xspeckle-pwf")
+        return ex
 
 
 def _run(fn, rows: int, size: int, *args) -> None:
