@@ -74,6 +74,23 @@ def verdict() -> str:
             lines.append(f"- {name}, {n}: MIST per pixel with the paper's protocol {p:.1f}, at UMPA's 5 × 5 "
                          f"resolution {b:.1f}; best of UMPA/XSVT {others:.1f} → MIST ahead per pixel: "
                          f"{'yes' if p > others else 'no'}; at equal resolution: {'yes' if b > others else 'no'}.")
+    ahead = [ln for ln in lines[1:] if ("N = 2:" in ln or "N = 4:" in ln) and "per pixel: yes" in ln]
+    small = [ln for ln in lines[1:] if ("N = 2:" in ln or "N = 4:" in ln)]
+    w_eff, p_gain = [], []
+    for rows in _TABLES.values():
+        for row in rows:
+            a, b, c = _num(row[col["MIST"]]), _num(row[col["MIST, D⁺"]]), _num(row[col["MIST, noise-weighted"]])
+            if a > 0:
+                w_eff.append(abs(c - a))
+                p_gain.append(b / a)
+    if small:
+        lines.append(f"\nIn one line: the paper's claim (MIST ahead at N = 2 and 4) holds in {len(ahead)} of "
+                     f"{len(small)} cases here.")
+    if w_eff:
+        lines.append(f"The positive part raises MIST's CNR by ×{min(p_gain):.2f}–{max(p_gain):.2f} (UMPA/XSVT gain "
+                     f"similarly from the same step); noise weighting changes it by at most {max(w_eff):.1f}.  Per pixel "
+                     "MIST is far behind the windowed trackers at small N; at equal resolution (5 × 5) it reaches or "
+                     "passes them only at N = 10 on the berry.")
     return "\n".join(lines)
 
 
