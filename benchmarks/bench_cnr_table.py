@@ -88,9 +88,10 @@ def verdict() -> str:
                      f"{len(small)} cases here.")
     if w_eff:
         lines.append(f"The positive part raises MIST's CNR by ×{min(p_gain):.2f}–{max(p_gain):.2f} (UMPA/XSVT gain "
-                     f"similarly from the same step); noise weighting changes it by at most {max(w_eff):.1f}.  Per pixel "
-                     "MIST is far behind the windowed trackers at small N; at equal resolution (5 × 5) it reaches or "
-                     "passes them only at N = 10 on the berry.")
+                     f"similarly from the same step); noise weighting changes it by at most {max(w_eff):.1f}.  At equal "
+                     "resolution (5 × 5) MIST passes the best of UMPA/XSVT in: "
+                     + (", ".join(ln[2:ln.index(":")] for ln in lines[1:] if "equal resolution: yes" in ln) or "no case")
+                     + ".")
     return "\n".join(lines)
 
 
