@@ -294,9 +294,6 @@ def regularisation(quick: bool = False) -> str:
     return section("MIST regularisation (issue 14): inverse-Laplacian ε chosen from the data", body, cmd, quick=quick)
 
 
-if __name__ == "__main__":
-    main_standalone(__file__, TITLE, run)
-
 
 def dark_field_refraction(quick: bool = False) -> str:
     """Issue 14: a dark field that refraction does not fake — D_eff on sets with refraction (max |u| 0.3-1.5 px),
@@ -340,3 +337,7 @@ def dark_field_refraction(quick: bool = False) -> str:
             + md_table(head, rows))
     cmd = "flock /tmp/xspeckle-bench.lock .venv/bin/python benchmarks/bench_mist.py" + (" --quick" if quick else "")
     return section("Dark field unbiased by refraction (issue 14)", body, cmd, quick=quick)
+
+
+if __name__ == "__main__":
+    main_standalone(__file__, TITLE, run)

@@ -319,9 +319,6 @@ def _preset_table(quick: bool) -> str:
             "the truth's):\n\n" + md_table(head, rows))
 
 
-if __name__ == "__main__":
-    main_standalone(__file__, TITLE, run)
-
 
 def _independent_table(quick: bool) -> str:
     """LCS / LCS-DF phase error on the independent downstream simulation (indep-beads, 12 positions)."""
@@ -356,3 +353,7 @@ def _independent_table(quick: bool) -> str:
     return (f"Independent downstream simulation (`indep-beads`: exact propagation, 4-layer alumina diffuser, 2 % "
             f"bandwidth; not our forward model), {n}², {ref.shape[0]} positions; relative RMS phase error over "
             "the sample mask (issue 14 criterion ≤ 0.35):\n\n" + md_table(["solver", "phase error"], rows))
+
+
+if __name__ == "__main__":
+    main_standalone(__file__, TITLE, run)
