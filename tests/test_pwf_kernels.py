@@ -209,3 +209,21 @@ def test_numba_path_thick_sample(prior):
         assert _rel(a, b) < 3e-5
     assert _rel(out[3], ref[3]) < 1e-6
     np.testing.assert_allclose(out[2], ref[2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("use_numba", [True, False])
+def test_batch_dot_and_axpy(monkeypatch, use_numba):
+    monkeypatch.setattr(pk, "_USE_NUMBA", use_numba)
+    monkeypatch.setattr(pk, "_SMALL", 0)
+    monkeypatch.setenv("XSPECKLE_FFT_WORKERS", "2")
+    rng = np.random.default_rng(2)
+    u, v, w = rng.standard_normal((3, 3, 1, 30, 34)).astype(np.float32)
+    want = (u.astype(np.float64) * v).reshape(3, -1).sum(axis=1)
+    np.testing.assert_allclose(pk.batch_dot(u, v), want, rtol=1e-6)
+    np.testing.assert_allclose(pk.batch_dot((u, w), (v, w)), want + (w.astype(np.float64) ** 2).reshape(3, -1).sum(1),
+                               rtol=1e-6)
+    a = np.array([0.5, -2.0, 0.0])
+    y = u.copy()
+    out = pk.batch_axpy(y, a, v)
+    assert out is y
+    np.testing.assert_allclose(y, u + a.astype(np.float32)[:, None, None, None] * v, rtol=1e-6, atol=1e-6)

@@ -56,8 +56,8 @@ import numpy as np
 
 from xspeckle import backend as B
 
-__all__ = ["USE_FUSED", "fused_available", "fused_gradient", "momentum_step", "NumbaOps", "XpOps", "ops_for",
-           "kernel_threads"]
+__all__ = ["USE_FUSED", "fused_available", "fused_gradient", "momentum_step", "batch_dot", "batch_axpy", "NumbaOps",
+           "XpOps", "ops_for", "kernel_threads"]
 
 #: numba kernels on the CPU (env ``XSPECKLE_NUMBA=0`` switches them off; the NumPy twin then runs)
 _USE_NUMBA = os.environ.get("XSPECKLE_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -378,10 +378,33 @@ def _nb_step(psi, zold, gre, gim, acc, er, ei, ok, beta, hh, r0, r1):
     return 0
 
 
+def _nb_dot(u, v, rows, r0, r1):
+    n = u.shape[1]
+    for r in range(r0, r1):
+        ur = u[r]
+        vr = v[r]
+        acc = 0.0
+        for j in range(n):
+            acc += np.float64(ur[j] * vr[j])
+        rows[r] = acc
+    return 0
+
+
+def _nb_axpy(y, a, x, hh, r0, r1):
+    n = y.shape[1]
+    for r in range(r0, r1):
+        c = a[r // hh]
+        yr = y[r]
+        xr = x[r]
+        for j in range(n):
+            yr[j] += c * xr[j]
+    return 0
+
+
 _NB_FUNCS = {"exp": _nb_exp, "mul": _nb_mul, "mul_real": _nb_mul_real, "expand": _nb_expand,
              "intensity": _nb_intensity, "residual_spectrum": _nb_residual_spectrum, "mask_loss": _nb_mask_loss,
              "conj_mean": _nb_conj_mean, "final": _nb_final, "regulariser": _nb_regulariser, "add": _nb_add,
-             "step": _nb_step}
+             "step": _nb_step, "dot": _nb_dot, "axpy": _nb_axpy}
 
 
 def _kernels() -> dict[str, Any]:
@@ -395,10 +418,12 @@ def _kernels() -> dict[str, Any]:
             return _KERNELS
         out = {}
         for name, fn in _NB_FUNCS.items():
+            # the float64 sum of a dot product may be reordered (vectorised): rounding at 1e-16, not float32's
+            kw = dict(nogil=True, error_model="numpy", fastmath={"reassoc"} if name == "dot" else False)
             try:
-                out[name] = numba.njit(nogil=True, cache=True, error_model="numpy")(fn)
+                out[name] = numba.njit(cache=True, **kw)(fn)
             except RuntimeError:  # no writable cache location: compile without the disk cache
-                out[name] = numba.njit(nogil=True, error_model="numpy")(fn)
+                out[name] = numba.njit(**kw)(fn)
         _KERNELS = out
     return _KERNELS
 
@@ -800,3 +825,51 @@ def momentum_step(psi, z_old, g_re, g_im, eta_re, eta_im, ok, beta, psi_acc=None
     psi[...] = z + xp.asarray(bt).reshape(shp) * (z - z_old)
     z_old[...] = z
     return psi, z_old
+
+
+def _numba_ok(*arrays) -> bool:
+    return (_USE_NUMBA and all(type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+            and bool(_kernels()))
+
+
+def batch_dot(u, v) -> np.ndarray:
+    """Per-projection inner products ``Σ u·v`` of float32 arrays ``(B, ...)``, accumulated in float64.
+
+    One pass (numba, threaded) instead of a product temporary plus a sum; the vector operations of a
+    quasi-Newton solver (L-BFGS two-loop recursion, Nocedal & Wright Alg. 7.4) are made of these and
+    :func:`batch_axpy`.  Tuples of arrays are summed component-wise (``Σ_i Σ u_i·v_i``).
+
+    Returns
+    -------
+    float64 ndarray ``(B,)`` on the host.
+    """
+    if isinstance(u, tuple):
+        return sum(batch_dot(a, b) for a, b in zip(u, v))
+    nb = u.shape[0]
+    if _numba_ok(u, v):
+        uv, vv = u.reshape(u.shape[0] * int(np.prod(u.shape[1:-1])), u.shape[-1]), v.reshape(-1, v.shape[-1])
+        rows = np.empty(uv.shape[0], np.float64)
+        _run(_kernels()["dot"], uv.shape[0], uv.size, uv, vv, rows)
+        return rows.reshape(nb, -1).sum(axis=1)
+    return np.asarray(B.asnumpy((u * v).reshape(nb, -1).sum(axis=1, dtype=np.float64)), dtype=np.float64)
+
+
+def batch_axpy(y, a, x):
+    """In place ``y += a[b] · x`` per projection b (float32 arrays ``(B, ...)``, *a* ``(B,)``); returns *y*.
+
+    Tuples of arrays are updated component-wise with the same coefficients.
+    """
+    if isinstance(y, tuple):
+        for yy, xx in zip(y, x):
+            batch_axpy(yy, a, xx)
+        return y
+    nb = y.shape[0]
+    coef = np.asarray(B.asnumpy(a), np.float32).reshape(nb)
+    if _numba_ok(y, x):
+        hh = int(np.prod(y.shape[1:-1]))
+        yv, xv = y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1])
+        _run(_kernels()["axpy"], yv.shape[0], yv.size, yv, coef, xv, hh)
+        return y
+    xp = B.get_xp(y)
+    y += xp.asarray(coef).reshape((nb,) + (1,) * (y.ndim - 1)) * x
+    return y
