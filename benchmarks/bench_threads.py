@@ -124,7 +124,10 @@ def run(quick: bool = False) -> str:
         "(thread hand-off and, on a shared machine, waiting for a busy core). From these rows "
         f"`backend.fft_workers(size)` defaults to 1 thread below {THREADING_MIN_ELEMENTS} elements "
         "(512²) and to all cores above; `XSPECKLE_FFT_WORKERS` overrides it (the pipeline sets it to each "
-        "worker process's share of the cores). The fused PWF kernels use the same count.\n\n"
+        "worker process's share of the cores). The fused PWF kernels use the same count. On a quiet 2-core machine "
+        "the threads pay from about 512² (shared/specs/performance.md §1: 1024² complex64 FFT pair 13.1 ms with "
+        "1 worker, 7.1 ms with 2); on a machine loaded by other users (load average above the core count) "
+        "they pay only at full PWF size, and `XSPECKLE_FFT_WORKERS=1` is the better setting there.\n\n"
         + t1 + "\n\n" + t2 + "\n"
     )
     cmd = "python benchmarks/bench_threads.py" + (" --quick" if quick else "")
