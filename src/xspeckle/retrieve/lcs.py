@@ -223,37 +223,49 @@ def _bspline_weights(t):
 
 def _nb_warp(coef, ux, uy, out, y0, y1):
     """out[n, y, x] = cubic B-spline of coefficients coef[n] at (y − uy, x − ux): coordinates clamped to the
-    image, taps mirrored (scipy's "mirror"); the 16 weights and indices of a pixel serve all K frames."""
+    image, taps mirrored (scipy's "mirror").  Row by row: the 16 weights and indices of each pixel of the row
+    are computed once, then each frame's row is gathered from 4 neighbouring rows of that frame (cache-friendly)."""
     K, H, W = coef.shape
+    wy = np.empty((4, W))
+    wx = np.empty((4, W))
+    iy = np.empty((4, W), np.int64)
+    ix = np.empty((4, W), np.int64)
     for y in range(y0, y1):
         for x in range(W):
             sy = min(max(y - np.float64(uy[y, x]), 0.0), H - 1.0)
             sx = min(max(x - np.float64(ux[y, x]), 0.0), W - 1.0)
-            iy = int(np.floor(sy))
-            ix = int(np.floor(sx))
-            t = sy - iy  # _bspline_weights, inlined for numba
+            fy = int(np.floor(sy))
+            fx = int(np.floor(sx))
+            t = sy - fy  # _bspline_weights, inlined for numba
             s = 1.0 - t
-            wy0, wy1 = s * s * s / 6.0, (3.0 * t * t * t - 6.0 * t * t + 4.0) / 6.0
-            wy2, wy3 = (-3.0 * t * t * t + 3.0 * t * t + 3.0 * t + 1.0) / 6.0, t * t * t / 6.0
-            t = sx - ix
+            wy[0, x] = s * s * s / 6.0
+            wy[1, x] = (3.0 * t * t * t - 6.0 * t * t + 4.0) / 6.0
+            wy[2, x] = (-3.0 * t * t * t + 3.0 * t * t + 3.0 * t + 1.0) / 6.0
+            wy[3, x] = t * t * t / 6.0
+            t = sx - fx
             s = 1.0 - t
-            wx0, wx1 = s * s * s / 6.0, (3.0 * t * t * t - 6.0 * t * t + 4.0) / 6.0
-            wx2, wx3 = (-3.0 * t * t * t + 3.0 * t * t + 3.0 * t + 1.0) / 6.0, t * t * t / 6.0
-            y_0 = abs(iy - 1)
-            y_1 = iy
-            y_2 = iy + 1 if iy + 1 <= H - 1 else 2 * (H - 1) - iy - 1
-            y_3 = iy + 2 if iy + 2 <= H - 1 else 2 * (H - 1) - iy - 2
-            x_0 = abs(ix - 1)
-            x_1 = ix
-            x_2 = ix + 1 if ix + 1 <= W - 1 else 2 * (W - 1) - ix - 1
-            x_3 = ix + 2 if ix + 2 <= W - 1 else 2 * (W - 1) - ix - 2
-            for n in range(K):
-                a = coef[n]
-                r0 = wx0 * a[y_0, x_0] + wx1 * a[y_0, x_1] + wx2 * a[y_0, x_2] + wx3 * a[y_0, x_3]
-                r1 = wx0 * a[y_1, x_0] + wx1 * a[y_1, x_1] + wx2 * a[y_1, x_2] + wx3 * a[y_1, x_3]
-                r2 = wx0 * a[y_2, x_0] + wx1 * a[y_2, x_1] + wx2 * a[y_2, x_2] + wx3 * a[y_2, x_3]
-                r3 = wx0 * a[y_3, x_0] + wx1 * a[y_3, x_1] + wx2 * a[y_3, x_2] + wx3 * a[y_3, x_3]
-                out[n, y, x] = np.float32(wy0 * r0 + wy1 * r1 + wy2 * r2 + wy3 * r3)
+            wx[0, x] = s * s * s / 6.0
+            wx[1, x] = (3.0 * t * t * t - 6.0 * t * t + 4.0) / 6.0
+            wx[2, x] = (-3.0 * t * t * t + 3.0 * t * t + 3.0 * t + 1.0) / 6.0
+            wx[3, x] = t * t * t / 6.0
+            iy[0, x] = abs(fy - 1)
+            iy[1, x] = fy
+            iy[2, x] = fy + 1 if fy + 1 <= H - 1 else 2 * (H - 1) - fy - 1
+            iy[3, x] = fy + 2 if fy + 2 <= H - 1 else 2 * (H - 1) - fy - 2
+            ix[0, x] = abs(fx - 1)
+            ix[1, x] = fx
+            ix[2, x] = fx + 1 if fx + 1 <= W - 1 else 2 * (W - 1) - fx - 1
+            ix[3, x] = fx + 2 if fx + 2 <= W - 1 else 2 * (W - 1) - fx - 2
+        for n in range(K):
+            a = coef[n]
+            o = out[n, y]
+            for x in range(W):
+                acc = 0.0
+                for i in range(4):
+                    r = a[iy[i, x]]
+                    acc += wy[i, x] * (wx[0, x] * r[ix[0, x]] + wx[1, x] * r[ix[1, x]] + wx[2, x] * r[ix[2, x]]
+                                       + wx[3, x] * r[ix[3, x]])
+                o[x] = np.float32(acc)
     return 0
 
 
