@@ -115,3 +115,16 @@ def test_noise_weighting_option():
     assert _phase_error(w["phase"], truth, mask) < 1.2 * _phase_error(plain["phase"], truth, mask)
     with pytest.raises(ParameterError):
         MISTRetriever(ref, g, model="attenuating", gamma=100.0, noise_weighting=True)
+
+
+def test_epsilon_parameter_forms():
+    from xspeckle.errors import ParameterError
+
+    ref, smp, g, *_ = make_phase_set(48, 4, "phase", seed=5)
+    assert MISTRetriever(ref, g, epsilon_per_m2="auto").parameters["epsilon_per_m2"] == "auto"
+    fixed = MISTRetriever(ref, g, epsilon_per_m2=1e6)
+    fixed(smp)
+    assert fixed.parameters["epsilon_rule"] == "fixed" and fixed.last_epsilon_per_m2 == 1e6
+    for bad in ("often", -1.0, float("nan")):
+        with pytest.raises(ParameterError):
+            MISTRetriever(ref, g, epsilon_per_m2=bad)
