@@ -43,19 +43,29 @@ def relerr(phase, sim) -> float:
 
 
 def run_case(scene: str, size: int, seed: int, *, positions: int = 1, coherence: str = "calibrated",
-             scheme: str = "lbfgs", max_iter=None, min_iter=None, extra=None) -> dict:
-    """One PWF run on one simulated projection; returns the figures of a table row."""
+             scheme: str = "lbfgs", max_iter=None, min_iter=None, extra=None, stage: int | None = None) -> dict:
+    """One PWF run on one simulated projection; returns the figures of a table row.
+
+    *stage*: simulate that many diffuser positions within ±20 px of position 0 (a translation stage) and,
+    with ``extra={"diffuser_estimate": "multi-reference"}``, give all their references to the model.
+    """
     from xspeckle.retrieve.pwf import PWFModel
     from xspeckle.simulate.independent import simulate_independent
 
-    sim = simulate_independent("downstream", size=size, seed=seed, positions=max(positions, 1), **SCENES[scene])
+    sim_kw = dict(SCENES[scene])
+    if stage:
+        sim_kw["diffuser_step_px"] = 20.0
+    sim = simulate_independent("downstream", size=size, seed=seed, positions=max(positions, stage or 1), **sim_kw)
     ref, dat = sim.normalised()
+    extra = dict(extra or {})
+    if extra.get("diffuser_estimate") == "multi-reference":
+        extra["all_references"] = ref
     geo = sim.geometry
     if coherence == "true":
         geo = geo.replace(coherence_length_x_m=sim.truth["coherence_length_x_m"],
                           coherence_length_y_m=sim.truth["coherence_length_y_m"])
     t0 = time.perf_counter()
-    model = PWFModel(ref[:positions], geo, **(extra or {}))
+    model = PWFModel(ref[:positions], geo, **extra)
     kw = {}
     if max_iter is not None:
         kw["max_iter"] = max_iter
@@ -80,6 +90,10 @@ def run(quick: bool = False) -> str:
         ("paper Alg. S1, 1500 iterations, true coherence", dict(scheme="paper", max_iter=1500, min_iter=1500,
                                                                  coherence="true")),
         ("default, 4 positions", dict(positions=4)),
+        ("stage scan (9 positions ±20 px): default, position 0 only", dict(stage=9)),
+        ("stage scan: `diffuser_estimate=multi-reference` (9 references, 1 sample frame)",
+         dict(stage=9, extra={"diffuser_estimate": "multi-reference"})),
+        ("stage scan: `diffuser_estimate=phase-only`", dict(stage=9, extra={"diffuser_estimate": "phase-only"})),
     ]
     rows = []
     for scene in SCENES:
@@ -101,6 +115,9 @@ def run(quick: bool = False) -> str:
   trials included), so they compare one to one with the paper's iterations.
 - `paper Alg. S1, 1500 iterations` is the paper's FISTA with its stop rule held off to 1500 iterations
   (its own rule fires after ~10–300 iterations far from the optimum, pwf.md §9.3).
+- `multi-reference` (ours): the scan's reference frames of every position are registered onto position 0
+  (sub-pixel, `preprocess.estimate_shift`) and averaged over its field of view before the diffuser field is
+  estimated (phase-only estimate of the average); the sample frame of position 0 only is used.
 - `x_coh, y_coh / truth` is the coherence calibration (`retrieve/coherence.py`, default estimator) against the
   simulator's total Gaussian blur; on the `fine` diffuser it reads 20–30 % short (see the calibration section
   of docs/benchmarks.md and the README: give measured coherence lengths in `/geometry` when they are known).

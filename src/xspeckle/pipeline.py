@@ -399,7 +399,12 @@ class _State:
             if spec.drift:
                 self.reference = ref  # kept: shifted onto each angle's speckle (drift hook in _compute)
             if retriever is None:
-                retriever = _build(spec.method, ref, self.scan.geometry, json.loads(spec.params_json))
+                params = json.loads(spec.params_json)
+                if params.get("diffuser_estimate") == "multi-reference" and "all_references" not in params:
+                    # PWF single shot with a diffuser estimated from EVERY reference position of the scan
+                    params["all_references"] = _normalised_reference(self.scan, list(range(self.scan.n_positions)),
+                                                                     spec.device, ref_flat, self.dark)
+                retriever = _build(spec.method, ref, self.scan.geometry, params)
         self.retriever = retriever
         self._drift_key = None  # shifts (0.01 px) the current drift-corrected retriever was built for
         self._drift_retriever = None

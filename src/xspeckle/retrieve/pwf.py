@@ -64,7 +64,13 @@ SCHEMES = ("lbfgs", "fast", "paper")
 
 #: options of :class:`PWFModel` (the rest of ``**params`` go to :meth:`PWFModel.solve`)
 MODEL_OPTIONS = ("coherence_length_x_m", "coherence_length_y_m", "gamma", "a_re", "a_im", "pad_ratio", "resample",
-                 "wing_ratio", "background_mask", "wiener_eps", "stripe_fix", "delta_over_beta", "diffuser_estimate")
+                 "wing_ratio", "background_mask", "wiener_eps", "stripe_fix", "delta_over_beta", "diffuser_estimate",
+                 "all_references", "multi_reference_field")
+
+#: PWF's diffuser-field estimates: those of :func:`xspeckle.retrieve.coherence.diffuser_transmission` on the
+#: reference of the position used, and "multi-reference" (ours): every reference position of the scan,
+#: registered onto the one used and averaged into a mosaic that also covers the padding (PWFModel)
+PWF_DIFFUSER_ESTIMATES = DIFFUSER_ESTIMATES + ("multi-reference",)
 
 _SCHEME_DEFAULTS = {
     # eta: step (re, im); restart: O'Donoghue–Candès function-value restart; stop: rule
@@ -221,21 +227,30 @@ class PWFModel:
         Paganin et al., J. Microsc. 206, 33 (2002), Eq. 3, used by MIST's attenuating model). One
         speckle image constrains low-frequency phase and absorption only weakly and separately; the
         coupling removes that ambiguity. Default None: phase and log-amplitude free (the paper).
-    diffuser_estimate : {"zero-phase", "phase-only"}
-        How the diffuser field ``t`` is estimated from the reference
+    diffuser_estimate : {"zero-phase", "phase-only", "multi-reference"}
+        ``"multi-reference"`` (ours, single shot): every reference position of the scan (*all_references*)
+        is registered onto the position used and averaged over its field of view
+        (:meth:`_reference_mosaic`); the field is then estimated from that average as
+        *multi_reference_field* says.  Otherwise: how the diffuser field ``t`` is estimated from the reference
         (:func:`xspeckle.retrieve.coherence.diffuser_transmission`): ``"zero-phase"`` the paper's
         (pwf.md §5); ``"phase-only"`` ours, Richardson–Lucy deconvolution + Gerchberg–Saxton with a
         constant-modulus (phase-only) diffuser; the step normaliser c stays the zero-phase field's, so
         a_re, a_im keep the paper's meaning. On tomo-beads (2 positions) ``"phase-only"`` brings the
         tomogram's δ in the beads from +3.2 % to −0.4 % and β from −20 % to −11 %
         (benchmarks/bench_tomo_e2e.py).
+    all_references : array ``(P, H, W)``, optional
+        ``"multi-reference"`` only: the flat-normalised reference frames of every diffuser position of the scan
+        (the pipeline passes them).
+    multi_reference_field : {"phase-only", "zero-phase"}
+        ``"multi-reference"`` only: the field estimate applied to the mosaic.
     """
 
     def __init__(self, reference, geometry: Geometry, *, coherence_length_x_m: float | None = None,
                  coherence_length_y_m: float | None = None, gamma: float = 1.0, a_re: float = 0.1,
                  a_im: float = 0.01, pad_ratio: float = 0.15, resample="auto", wing_ratio: float = 0.05,
                  background_mask=None, wiener_eps: float = 1e-5, stripe_fix: bool = False,
-                 delta_over_beta: float | None = None, diffuser_estimate: str = "zero-phase"):
+                 delta_over_beta: float | None = None, diffuser_estimate: str = "zero-phase",
+                 all_references=None, multi_reference_field: str = "phase-only"):
         xp = B.get_xp(reference)
         ref = as_stack(reference, "reference")
         self.K, self.H, self.W = (int(s) for s in ref.shape)
@@ -256,10 +271,22 @@ class PWFModel:
             raise ParameterError(f"pwf: delta_over_beta must be a positive number (δ/β of the sample), "
                                  f"got {delta_over_beta!r}")
         self.delta_over_beta = None if delta_over_beta is None else float(delta_over_beta)
-        if diffuser_estimate not in DIFFUSER_ESTIMATES:
-            raise ParameterError(f"pwf: diffuser_estimate must be one of {', '.join(DIFFUSER_ESTIMATES)}, "
+        if diffuser_estimate not in PWF_DIFFUSER_ESTIMATES:
+            raise ParameterError(f"pwf: diffuser_estimate must be one of {', '.join(PWF_DIFFUSER_ESTIMATES)}, "
                                  f"got {diffuser_estimate!r}")
+        if multi_reference_field not in DIFFUSER_ESTIMATES:
+            raise ParameterError(f"pwf: multi_reference_field must be one of {', '.join(DIFFUSER_ESTIMATES)}, "
+                                 f"got {multi_reference_field!r}")
         self.diffuser_estimate = diffuser_estimate
+        self.multi_reference_field = multi_reference_field
+        self.reference_shifts_px = None
+        if diffuser_estimate == "multi-reference":
+            if self.K != 1:
+                raise InputError("pwf: diffuser_estimate=multi-reference is single-shot: retrieve from one position "
+                                 "(--positions N); every reference position of the scan is used for the diffuser")
+            if all_references is None or as_stack(all_references, "all_references").shape[0] < 2:
+                raise InputError("pwf: diffuser_estimate=multi-reference needs the scan's reference frames of at least "
+                                 "2 diffuser positions (the pipeline passes them; from Python give all_references)")
 
         # ---- coherence lengths: given > geometry > calibrated (pwf.md §5)
         xc = coherence_length_x_m if coherence_length_x_m is not None else geometry.coherence_length_x_m
@@ -361,7 +388,10 @@ class PWFModel:
         self.wiener_eps = float(wiener_eps)
 
         # ---- diffuser field t (pwf.md §5) on the PWF grid
-        refg = self._to_grid(self.ref_norm)                                               # (K,Hr,Wr)
+        if self.diffuser_estimate == "multi-reference":
+            refg = self._to_grid(self._reference_mosaic(all_references))                 # (1,Hr,Wr)
+        else:
+            refg = self._to_grid(self.ref_norm)                                           # (K,Hr,Wr)
         dkw = dict(pixel_size_m=pyx, wavelength_m=self.lam, l2_m=self.l2, coherence_length_x_m=self.xcoh,
                    coherence_length_y_m=self.ycoh)
         t0 = diffuser_transmission(refg, estimate="zero-phase", **dkw)
@@ -369,8 +399,8 @@ class PWFModel:
         # it the meaning of a_re, a_im stay the paper's (the phase-only field's own max|t|² is about half: 4x the
         # data weight, many more iterations and restarts, a different bias)
         self.c = float(xp.max(t0.real**2 + t0.imag**2)) ** 2
-        self.t = t0 if self.diffuser_estimate == "zero-phase" else diffuser_transmission(
-            refg, estimate=self.diffuser_estimate, **dkw)
+        field = self.multi_reference_field if self.diffuser_estimate == "multi-reference" else self.diffuser_estimate
+        self.t = t0 if field == "zero-phase" else diffuser_transmission(refg, estimate=field, **dkw)
         self.tc = xp.conj(self.t)
         # Wiener band-limit filter for y_B, in rfft layout: IOTF·IOTF/(IOTF²+ε) (pwf.md §2 data prep)
         self._ywiener = (self.iotf_r * self.iotf_r / (self.iotf_r * self.iotf_r + wiener_eps)).astype(np.float32)
@@ -388,6 +418,55 @@ class PWFModel:
                                                (self.pad_x0, self.Wp - self.W - self.pad_x0)]
         a = xp.pad(frames, pads, mode="edge")
         return fourier_resample(a, self.shape)
+
+    def _reference_mosaic(self, all_references):
+        """Every reference position registered onto the one used and averaged over its field of view ``(H, W)``.
+
+        The diffuser moves laterally between positions, so reference k is reference 0 shifted:
+        ``R_k(r) = R_0(r − s_k)`` (a plane wave lights a laterally moved diffuser).  ``s_k`` is measured by
+        cross-correlation refined by Gauss–Newton (:func:`xspeckle.preprocess.estimate_shift`); each frame's
+        sub-pixel part is undone by a Fourier shift, its integer part by indexing, and the result is the mean
+        over the frames covering each pixel (2 px frame borders left out), which lowers the photon noise of
+        the diffuser estimate by up to √P.  The padding is then edge-replicated like the sample's
+        (:meth:`_to_grid`): speckle measured there (the shifted frames reach it) does not match the padded
+        sample frame and was measured to make the retrieval worse (benchmarks/bench_pwf_independent.py).
+
+        Returns
+        -------
+        float32 array ``(1, H, W)`` on the model's back-end; ``self.reference_shifts_px`` gets the shifts ``(P, 2)``.
+        """
+        from xspeckle.preprocess import estimate_shift, shift_frames
+
+        xp = self.xp
+        refs = as_stack(all_references, "all_references")
+        if tuple(refs.shape[-2:]) != (self.H, self.W):
+            raise InputError(f"pwf: all_references frames {tuple(refs.shape[-2:])} do not match {(self.H, self.W)}")
+        refs = xp.asarray(refs, dtype=np.float32)
+        refs = refs / refs.mean(axis=(-2, -1), keepdims=True)
+        anchor = self.ref_norm[0]
+        H, W = self.H, self.W
+        acc = anchor.astype(np.float64).copy()
+        wsum = xp.ones((H, W), np.float64)
+        shifts = []
+        b = 2                                                     # frame border left out (Fourier-shift edge)
+        for k in range(refs.shape[0]):
+            s = estimate_shift(anchor, refs[k])                  # refs[k](r) ≈ a·anchor(r − s)
+            shifts.append(s)
+            if np.all(np.abs(s) < 1e-3):                          # the anchor itself
+                continue
+            iy, ix = (int(round(v)) for v in s)
+            frac = np.array([s[0] - iy, s[1] - ix])
+            fr = shift_frames(refs[k], -frac) if np.any(np.abs(frac) > 1e-3) else refs[k]   # fr(r) = anchor(r − (iy, ix))
+            # anchor pixel a ↔ fr pixel a + (iy, ix), kept b px inside fr
+            ylo, yhi = max(b - iy, 0), min(H - b - iy, H)
+            xlo, xhi = max(b - ix, 0), min(W - b - ix, W)
+            if yhi <= ylo or xhi <= xlo:
+                continue                                          # no overlap with the position used
+            acc[ylo:yhi, xlo:xhi] += fr[ylo + iy:yhi + iy, xlo + ix:xhi + ix]
+            wsum[ylo:yhi, xlo:xhi] += 1.0
+        self.reference_shifts_px = np.asarray(shifts, dtype=np.float64)
+        self.reference_coverage = float(B.asnumpy(wsum.mean()))
+        return (acc / wsum).astype(np.float32)[None]
 
     def _from_grid(self, a):
         """PWF grid ``(..., Hr, Wr)`` → detector frame ``(..., H, W)`` (inverse resample, crop)."""
@@ -795,6 +874,10 @@ class PWFModel:
                  grid_pixel_m=[self.py, self.px], wing_px=self.n_wing, wiener_eps=self.wiener_eps,
                  step_normaliser_c=self.c, stripe_fix=self.stripe_fix, positions=self.K,
                  delta_over_beta=self.delta_over_beta, diffuser_estimate=self.diffuser_estimate)
+        if self.diffuser_estimate == "multi-reference":
+            d["multi_reference_field"] = self.multi_reference_field
+            d["reference_shifts_px"] = np.round(self.reference_shifts_px, 4).tolist()
+            d["reference_frames_per_pixel"] = round(self.reference_coverage, 3)
         if self.calibration is not None:
             d["calibration"] = self.calibration.to_dict()
         return d

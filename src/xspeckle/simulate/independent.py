@@ -463,7 +463,7 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
                          oversample: int | None = None, photons: float | None = None, coherence_in_geometry: bool = False,
                          phantom_seed: int = 0, grain_diameter_m: tuple[float, float] | None = None,
                          grain_coverage: float | None = None, bubble_porosity: float = 0.15,
-                         workers: int | None = None):
+                         diffuser_step_px: float | None = None, workers: int | None = None):
     """Simulate a speckle scan with physics independent of the retrieval's forward model.
 
     Parameters
@@ -505,6 +505,10 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
     bubble_porosity : float
         Upstream only: volume fraction of air in unresolved bubbles (2–4 µm diameter) filling the
         berry's core (radius 0.75 R); 0 = no dark-field region.  Default 0.15.
+    diffuser_step_px : float, optional
+        Diffuser positions as a translation stage gives them: position 0 at a random place, the others
+        within ±*diffuser_step_px* detector pixels of it (uniform, sub-pixel), so the frames overlap.
+        Default None: positions anywhere on the periodic diffuser (no overlap needed).
     workers : int, optional
         FFT worker threads (default: available cores, at most 4).
 
@@ -594,7 +598,14 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
     # grid points stays resolvable (a sphere's chord has an infinite slope at its rim)
     layers = gaussian_blur(layers, 0.5 * h, 0.5 * h, h, workers=w)
     np.maximum(layers, 0.0, out=layers)
-    shifts_m = _shifts(P, (Hf * h, Wf * h), 2.0 * conf["grain_diameter_m"][1], r_pos)
+    if diffuser_step_px is None:
+        shifts_m = _shifts(P, (Hf * h, Wf * h), 2.0 * conf["grain_diameter_m"][1], r_pos)
+    else:
+        step = float(diffuser_step_px)
+        if not (step > 0 and math.isfinite(step)):
+            raise ParameterError(f"independent simulator: diffuser_step_px={diffuser_step_px!r} must be > 0")
+        start = np.array([r_pos.uniform(0, Hf * h), r_pos.uniform(0, Wf * h)])
+        shifts_m = start[None, :] + np.vstack([np.zeros((1, 2)), r_pos.uniform(-step, step, (P - 1, 2))]) * p
     ramp_minus = _ramps((Hf, Wf), h, shifts_m, +1.0)  # shifts a field by −s
     ramp_plus = np.conj(ramp_minus)  # shifts by +s
     a0 = _beam_amplitude((Hf, Wf), h, r_beam, min_period_m=conf["beam_min_period_m"])
