@@ -76,6 +76,11 @@ def test_numbers_json_accuracy_and_html_table(demo):
     if "pwf" in avail:
         # PWF on pwf-beads: phase within 30 % RMS of the truth even at 64 px (it is ~14 % there)
         assert nums["methods"]["pwf"]["phase_rel_rms"] < 0.3
+        # the solver's honesty is on the page: stop reasons and iterations (issue 13)
+        solver = nums["methods"]["pwf"]["solver"]
+        assert "iterations" in solver and solver in page
+        assert sum(nums["methods"]["pwf"]["stop_reason"].values()) == 1
+        assert "stop_reason" in nums["tomography"] and nums["tomography"]["solver"] in page
     if "mist" in avail:
         # MIST's mean D_eff in the scattering core within 25 % of the simulated value
         assert nums["methods"]["mist"]["deff_rel_error"] < 0.25

@@ -224,6 +224,7 @@ class _Demo:
                     maps = {k: r.read(k, angles=0) for k in r.names if r.dataset(k).ndim == 3}
                 nums: dict[str, Any] = {"scan": preset, "size_px": size,
                                         "seconds": self.numbers["timings_s"][f"retrieve {m} ({preset})"]}
+                nums.update(_solver_summary(out))
                 if "phase" in maps:
                     nums["phase_rel_rms"] = _rel_rms(maps["phase"], t_phase, _inner(t_phase.shape))
                 if "transmission" in maps and "transmission" in truth:
@@ -292,6 +293,7 @@ class _Demo:
         mask = np.broadcast_to(_disc(delta.shape[-1]), delta.shape)
         tomo_nums: dict[str, Any] = {"scan": "tomo-beads", "size_px": size, "angles": angles, "voxel_size_m": voxel,
                                      "center_px": center, "center_px_true": center_true, "center_px_auto": center_auto}
+        tomo_nums.update(_solver_summary(out))
         if d_true.shape == delta.shape:
             tomo_nums["delta_rel_rms"] = _rel_rms(delta, d_true, mask)
             tomo_nums["delta_max_true"] = float(d_true.max())
@@ -376,13 +378,16 @@ class _Demo:
         rows = []
         for m, n in self.numbers["methods"].items():
             rows.append((m.upper(), n.get("scan", ""), _fmt(n.get("phase_rel_rms")), _fmt(n.get("deff_rel_error")),
-                         "", "", _fmt(n.get("seconds"))))
+                         "", "", n.get("solver", "—"), _fmt(n.get("seconds"))))
         t = self.numbers.get("tomography", {})
         if "delta_rel_rms" in t:
             rows.append(("PWF + FBP", "tomo-beads", "", "", _fmt(t.get("delta_rel_rms")),
-                         _fmt_um(t.get("fsc_resolution_m")) + " / " + _fmt_um(t.get("fsc_resolution_m_1_7")), ""))
+                         _fmt_um(t.get("fsc_resolution_m")) + " / " + _fmt_um(t.get("fsc_resolution_m_1_7")),
+                         t.get("solver", "—"), ""))
         head = ("method", "scan", "relative RMS phase error", "D_eff relative error", "relative RMS δ error",
-                "FSC resolution 1/4 / 1/7 (µm)", "time (s)")
+                "FSC resolution 1/4 / 1/7 (µm)", "solver: stop reasons, iterations", "time (s)")
+        warn_items = [(m, w) for m, n in list(self.numbers["methods"].items()) + [("PWF + FBP", t)]
+                      for w in n.get("warnings", [])]
         table = "<table>\n<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>\n"
         for r in rows:
             table += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>\n"
@@ -391,8 +396,11 @@ class _Demo:
             f"<tr><td>{html.escape(k)}</td><td>{v:.2f}</td></tr>\n" for k, v in self.numbers["timings_s"].items()
         ) + "</table>\n"
         unav = ""
+        if warn_items:
+            unav += "<h2>Warnings of the runs</h2>\n<ul>\n" + "".join(
+                f"<li><b>{html.escape(m)}</b>: {html.escape(w)}</li>\n" for m, w in warn_items) + "</ul>\n"
         if self.numbers["unavailable"]:
-            unav = "<h2>Not available in this installation</h2>\n<ul>\n" + "".join(
+            unav += "<h2>Not available in this installation</h2>\n<ul>\n" + "".join(
                 f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>\n" for k, v in self.numbers["unavailable"].items()
             ) + "</ul>\n"
         figs = "".join(
@@ -473,3 +481,30 @@ def run_demo(outdir: str | os.PathLike = "xspeckle-demo", progress: Callable[[in
     demo.tomography(tomo_size, tomo_angles, workers)
     demo.numbers["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     return demo.write()
+
+
+def _solver_summary(path) -> dict[str, Any]:
+    """Stop reasons and iterations of an iterative method's retrieval file, and the run's warnings.
+
+    Returns ``{}`` for direct methods; else ``{"solver": "converged 4/4, 141-160 iterations",
+    "stop_reason": {...}, "iterations": [...], "warnings": [...]}``.
+    """
+    import h5py
+
+    out: dict[str, Any] = {}
+    with h5py.File(path, "r") as f:
+        warns = json.loads(f.attrs.get("warnings", "[]"))
+        if warns:
+            out["warnings"] = list(warns)
+        if "retrieval/stop_reason" not in f:
+            return out
+        reasons = [x.decode() for x in f["retrieval/stop_reason"][()]]
+        iters = [int(i) for i in f["retrieval/iterations"][()]] if "retrieval/iterations" in f else []
+    counts: dict[str, int] = {}
+    for r in reasons:
+        counts[r] = counts.get(r, 0) + 1
+    text = ", ".join(f"{k} {v}/{len(reasons)}" for k, v in sorted(counts.items()))
+    if iters:
+        text += f"; {min(iters)}–{max(iters)} iterations" if min(iters) != max(iters) else f"; {iters[0]} iterations"
+    out.update(solver=text, stop_reason=counts, iterations=iters)
+    return out
