@@ -11,7 +11,8 @@ Tolerances come from measurements at 128 px, seed 0 (benchmarks/bench_pwf_indepe
   iterations; the former ``fast`` default 0.647.
 * 4 positions 0.093 against 0.277 for one (calibrated coherence).
 * multi-reference single shot (8 extra references within ±20 px): 0.148 / 0.090 against 0.156 /
-  0.155 (seeds 0 / 1), diffuser shifts recovered within 0.004 px.
+  0.155 with the paper's zero-phase field (default) and 0.150 / 0.077 with phase-only (seeds 0 / 1);
+  diffuser shifts recovered within 0.004 px.
 """
 
 from __future__ import annotations
@@ -79,16 +80,22 @@ def stage_scan():
 def test_multi_reference_registers_and_helps(stage_scan):
     sim = stage_scan
     ref, dat = sim.normalised()
-    single = PWFModel(ref[:1], sim.geometry)
+    single = PWFModel(ref[:1], sim.geometry, diffuser_estimate="phase-only")
     multi = PWFModel(ref[:1], sim.geometry, diffuser_estimate="multi-reference", all_references=ref)
     # shifts of every reference relative to position 0, against the simulator's (same sign convention or not)
     true = sim.truth["diffuser_shifts_px"] - sim.truth["diffuser_shifts_px"][0]
     est = multi.reference_shifts_px
     assert min(np.abs(est - true).max(), np.abs(est + true).max()) < 0.05
     assert multi.parameters()["reference_frames_per_pixel"] > 4
+    zero = PWFModel(ref[:1], sim.geometry)                                   # the paper's field (default)
     e_s = _relerr(single.solve(dat[None, :1, 0]).phase[0], sim)
     e_m = _relerr(multi.solve(dat[None, :1, 0]).phase[0], sim)
-    assert e_m <= 0.15 and e_m < e_s, (e_m, e_s)           # measured 0.090 vs 0.155
+    e_z = _relerr(zero.solve(dat[None, :1, 0]).phase[0], sim)
+    # the issue's target, and the paper's zero-phase field beaten; against the single-reference phase-only
+    # estimate no gain was measured (0.090 vs 0.077 here, 0.076 vs 0.077 at 256 px over 3 seeds): the
+    # diffuser estimate is limited by model error (thick diffuser, bandwidth), not by photon noise
+    assert e_m <= 0.15 and e_m < e_z, (e_m, e_z)            # measured 0.090 vs 0.155
+    assert e_m <= e_s + 0.03, (e_m, e_s)
 
 
 def test_multi_reference_errors(stage_scan):
