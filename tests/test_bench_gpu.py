@@ -37,8 +37,8 @@ def test_cpu_dry_run_exercises_every_section(tmp_path):
     assert "Sections that failed" not in text, text
     assert "CPU dry run" in text
     for needle in ("device copy bandwidth", "complex64 FFT of the PWF grid", "PWF gradient GPU vs CPU",
-                   "(δ/β prior) GPU vs CPU", "gradient (model + adjoint", "solver iteration, 1 projection",
-                   "batch B = 2", "3-angle batch", "MIST phase GPU vs CPU", "per projection, 48²",
+                   "(δ/β prior) GPU vs CPU", "gradient (model + adjoint", "solver iteration ('fast'), 1 projection",
+                   "batch B = 2", "3-angle batch, 4 iterations each, scheme", "MIST phase GPU vs CPU", "per projection, 48²",
                    "one slice 64×64", "FBP slice GPU vs CPU", "complex64 fft2 64×64, 2 workers",
                    "fused PWF gradient 48²"):
         assert needle in text, needle
