@@ -70,6 +70,11 @@ def test_phase_object_methods_warn_on_synthetic_attenuation():
                 assert len(w) == 1 and "\n" not in w[0] and "tie" in w[0] and "gamma" in w[0], w
         out = get_method("mist-directional")(ref, g)(smp)
         assert bool(out.get("warnings")) == expect, ("mist-directional", kind, kw)
+    # the line is the same for every angle (the pipeline prints each distinct line once, with its angle count)
+    a = make_phase_set(128, 6, "att", seed=2, transmission=0.8)
+    b = make_phase_set(128, 6, "att", seed=7, transmission=0.9)
+    r = get_method("mist")(a[0], a[2])
+    assert r(a[1])["warnings"] == r(b[1] * (a[0].mean() / b[0].mean()))["warnings"]
     # with the attenuation modelled there is nothing to say
     ref, smp, g, *_ = make_phase_set(128, 6, "att", seed=2, transmission=0.8)
     assert "warnings" not in get_method("mist")(ref, g, model="attenuating", gamma=1000.0)(smp)

@@ -834,8 +834,8 @@ def attenuation_warning(reference_mean, sample, *, model: str, fix: str) -> str 
     lo = float(xp.mean(t < 1 - ATTENUATION_WARN))
     hi = float(xp.mean(t > 1 + ATTENUATION_WARN))
     if flux < 1 - ATTENUATION_WARN or lo - hi > 0.1:
-        t_low = float(xp.percentile(t, 10)) if hasattr(xp, "percentile") else float(xp.min(t))
-        return (f"the sample attenuates (transmission from the data {t_low:.2f}-{flux:.2f}) but the "
+        # the same text for every angle (the pipeline counts the angles of each distinct line)
+        return (f"the sample attenuates (transmission from the data below {1 - ATTENUATION_WARN:.2f}) but the "
                 f"{model} model assumes T = 1, so the phase is unreliable; {fix}")
     return None
 
