@@ -76,12 +76,19 @@ class _Space:
 
 
 def _dot(a, b) -> np.ndarray:
-    """Per-projection inner product of two tuples of ``(B, 1, H, W)`` arrays, float64 ``(B,)`` (host)."""
-    tot = None
-    for u, v in zip(a, b):
-        s = (u * v).sum(axis=(-3, -2, -1), dtype=np.float64)
-        tot = s if tot is None else tot + s
-    return np.asarray(B.asnumpy(tot), dtype=np.float64)
+    """Per-projection inner product of two tuples of ``(B, 1, H, W)`` arrays, float64 ``(B,)`` (host);
+    one fused pass per component (:func:`xspeckle.retrieve.pwf_kernels.batch_dot`)."""
+    from xspeckle.retrieve.pwf_kernels import batch_dot
+
+    return np.asarray(batch_dot(tuple(a), tuple(b)), dtype=np.float64)
+
+
+def _axpy(y, coef, x):
+    """In place ``y += coef[b]·x`` per projection for tuples of arrays (fused, :func:`pwf_kernels.batch_axpy`)."""
+    from xspeckle.retrieve.pwf_kernels import batch_axpy
+
+    batch_axpy(tuple(y), np.asarray(coef, np.float32), tuple(x))
+    return y
 
 
 def _col(xp, v):
@@ -172,8 +179,7 @@ def solve_lbfgs(model, yspec, psi0, *, max_iter: int, min_iter: int, memory: int
         for s_i, y_i, r_i in zip(reversed(S), reversed(Y), reversed(R)):
             a = r_i * _dot(s_i, q)
             alphas.append(a)
-            ac = _col(xp, a)
-            q = tuple(qq - ac * yy for qq, yy in zip(q, y_i))
+            _axpy(q, -a, y_i)
         if S:
             sy = _dot(S[-1], Y[-1])
             ymy = _dot(Y[-1], my_last)
@@ -181,13 +187,11 @@ def solve_lbfgs(model, yspec, psi0, *, max_iter: int, min_iter: int, memory: int
         else:
             gam = np.ones(n_act)
         r = sp.precondition(q)
-        gc = _col(xp, gam)
-        r = tuple(gc * rr for rr in r)
+        gc = _col(xp, -gam)                              # d = −H g: the sign folded into the scale
+        d = tuple(rr * gc for rr in r)
         for (s_i, y_i, r_i), a in zip(zip(S, Y, R), reversed(alphas)):
-            b = r_i * _dot(y_i, r)
-            cc = _col(xp, a - b)
-            r = tuple(rr + cc * ss for rr, ss in zip(r, s_i))
-        d = tuple(-rr for rr in r)
+            b = -r_i * _dot(y_i, d)                      # r = −d
+            _axpy(d, -(a - b), s_i)
         slope = _dot(g, d)
         bad = ~(slope < 0) | ~np.isfinite(slope)
         if bad.any():                                   # not a descent direction: preconditioned gradient
@@ -197,9 +201,8 @@ def solve_lbfgs(model, yspec, psi0, *, max_iter: int, min_iter: int, memory: int
         # ---- backtracking Armijo line search, per projection (Nocedal & Wright Alg. 3.1)
         t = np.ones(n_act)
         pending = np.ones(n_act, bool)
-        x_new = tuple(a.copy() for a in x)
+        x_new = d_new = None                             # allocated only when a trial is rejected
         f_new = f.copy()
-        d_new = tuple(a.copy() for a in dvec)
         for _ in range(max_backtracks + 1):
             idx = np.nonzero(pending)[0]
             sel = None if idx.size == n_act else xp.asarray(idx)
@@ -213,6 +216,13 @@ def solve_lbfgs(model, yspec, psi0, *, max_iter: int, min_iter: int, memory: int
             # Armijo, with the float32 noise of the loss (~1e-6 relative) as tolerance: near the optimum
             # the decrease a step can show is below that noise and would otherwise fail every trial
             ok = np.isfinite(f_try) & (f_try <= f[idx] + armijo * t[idx] * slope[idx] + loss_rtol * np.abs(f[idx]))
+            if x_new is None and ok.all() and idx.size == n_act:
+                x_new, d_new, f_new = x_try, d_try, f_try        # every projection took the full step: no copies
+                pending[:] = False
+                break
+            if x_new is None:
+                x_new = tuple(a.copy() for a in x)
+                d_new = tuple(a.copy() for a in dvec)
             if ok.any():
                 acc = idx[ok]
                 ai = xp.asarray(acc)
