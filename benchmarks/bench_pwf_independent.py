@@ -117,7 +117,11 @@ def run(quick: bool = False) -> str:
   (its own rule fires after ~10–300 iterations far from the optimum, pwf.md §9.3).
 - `multi-reference` (ours): the scan's reference frames of every position are registered onto position 0
   (sub-pixel, `preprocess.estimate_shift`) and averaged over its field of view before the diffuser field is
-  estimated (phase-only estimate of the average); the sample frame of position 0 only is used.
+  estimated (phase-only estimate of the average); the sample frame of position 0 only is used. It beats the
+  paper's single-reference field but not the single-reference `phase-only` estimate: averaging lowers photon
+  noise, and the diffuser estimate is limited by model error (thick diffuser, bandwidth) instead. Filling the
+  padding with the registered frames' speckle was tried and made it worse (the padded sample frame is
+  edge-replicated, so real speckle there cannot match it).
 - `x_coh, y_coh / truth` is the coherence calibration (`retrieve/coherence.py`, default estimator) against the
   simulator's total Gaussian blur; on the `fine` diffuser it reads 20–30 % short (see the calibration section
   of docs/benchmarks.md and the README: give measured coherence lengths in `/geometry` when they are known).
