@@ -38,6 +38,7 @@ __all__ = [
     "rfftfreq",
     "cuda_available",
     "available_cores",
+    "compile_kernels",
 ]
 
 
@@ -208,3 +209,30 @@ def fftfreq(n: int, d: float = 1.0, xp: ModuleType = np, dtype=np.float32):
 def rfftfreq(n: int, d: float = 1.0, xp: ModuleType = np, dtype=np.float32):
     """Sample frequencies of :func:`rfft2`'s last axis."""
     return xp.asarray(np.fft.rfftfreq(n, d), dtype=dtype)
+
+
+def compile_kernels(funcs, options=None) -> dict:
+    """Compile plain-Python kernels with numba (``nogil``, disk-cached where the cache is writable).
+
+    Parameters
+    ----------
+    funcs : mapping name -> function
+    options : callable(name) -> dict, optional
+        Extra ``numba.njit`` options per kernel (e.g. ``fastmath``).
+
+    Returns
+    -------
+    dict name -> compiled kernel; ``{}`` when numba is not installed (callers then use their NumPy twin).
+    """
+    try:
+        import numba
+    except ImportError:
+        return {}
+    out = {}
+    for name, fn in dict(funcs).items():
+        kw = {"nogil": True, **(options(name) if options is not None else {})}
+        try:
+            out[name] = numba.njit(cache=True, **kw)(fn)
+        except RuntimeError:  # no writable cache location: compile without the disk cache
+            out[name] = numba.njit(**kw)(fn)
+    return out

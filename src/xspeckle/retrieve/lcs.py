@@ -359,19 +359,8 @@ def _kernels() -> dict[str, Any]:
     """The compiled kernels (numba, ``nogil``, disk-cached where possible), or {} without numba."""
     global _KERNELS
     if _KERNELS is None:
-        try:
-            import numba
-        except ImportError:
-            _KERNELS = {}
-            return _KERNELS
-        out = {}
-        for name, fn in (("columns", _nb_columns), ("diag", _nb_diag_sums), ("inverse", _nb_inverse),
-                         ("warp", _nb_warp), ("solve", _nb_solve)):
-            try:
-                out[name] = numba.njit(nogil=True, cache=True)(fn)
-            except RuntimeError:  # no writable cache location
-                out[name] = numba.njit(nogil=True)(fn)
-        _KERNELS = out
+        _KERNELS = B.compile_kernels({"columns": _nb_columns, "diag": _nb_diag_sums, "inverse": _nb_inverse,
+                                      "warp": _nb_warp, "solve": _nb_solve})
     return _KERNELS
 
 

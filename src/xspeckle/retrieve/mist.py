@@ -408,18 +408,7 @@ def _kernels() -> dict[str, Any]:
     """The compiled kernels (numba, ``nogil``, cached on disk where possible), or {} without numba."""
     global _KERNELS
     if _KERNELS is None:
-        try:
-            import numba
-        except ImportError:
-            _KERNELS = {}
-            return _KERNELS
-        out = {}
-        for name, fn in (("columns", _nb_columns), ("inverse", _nb_inverse), ("solve", _nb_solve)):
-            try:
-                out[name] = numba.njit(nogil=True, cache=True)(fn)
-            except RuntimeError:  # no writable cache location: compile without the disk cache
-                out[name] = numba.njit(nogil=True)(fn)
-        _KERNELS = out
+        _KERNELS = B.compile_kernels({"columns": _nb_columns, "inverse": _nb_inverse, "solve": _nb_solve})
     return _KERNELS
 
 

@@ -411,20 +411,10 @@ def _kernels() -> dict[str, Any]:
     """The compiled kernels (numba, ``nogil``, disk-cached where possible), or {} without numba."""
     global _KERNELS
     if _KERNELS is None:
-        try:
-            import numba
-        except ImportError:
-            _KERNELS = {}
-            return _KERNELS
-        out = {}
-        for name, fn in _NB_FUNCS.items():
+        _KERNELS = B.compile_kernels(
+            _NB_FUNCS,
             # the float64 sum of a dot product may be reordered (vectorised): rounding at 1e-16, not float32's
-            kw = dict(nogil=True, error_model="numpy", fastmath={"reassoc"} if name == "dot" else False)
-            try:
-                out[name] = numba.njit(cache=True, **kw)(fn)
-            except RuntimeError:  # no writable cache location: compile without the disk cache
-                out[name] = numba.njit(**kw)(fn)
-        _KERNELS = out
+            lambda name: {"error_model": "numpy", "fastmath": {"reassoc"} if name == "dot" else False})
     return _KERNELS
 
 
