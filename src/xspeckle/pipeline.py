@@ -400,14 +400,27 @@ class _State:
                 self.reference = ref  # kept: shifted onto each angle's speckle (drift hook in _compute)
             if retriever is None:
                 params = json.loads(spec.params_json)
-                if params.get("diffuser_estimate") == "multi-reference" and "all_references" not in params:
-                    # PWF single shot with a diffuser estimated from EVERY reference position of the scan
+                if _wants_all_references(spec.method, params, self.scan, self.positions):
+                    # PWF: every reference position of the scan for the coherence calibration and, with
+                    # diffuser_estimate=multi-reference, for the diffuser (single shot from one position)
                     params["all_references"] = _normalised_reference(self.scan, list(range(self.scan.n_positions)),
                                                                      spec.device, ref_flat, self.dark)
                 retriever = _build(spec.method, ref, self.scan.geometry, params)
         self.retriever = retriever
         self._drift_key = None  # shifts (0.01 px) the current drift-corrected retriever was built for
         self._drift_retriever = None
+
+
+def _wants_all_references(method: Any, params: Mapping[str, Any], scan, positions: Sequence[int]) -> bool:
+    """PWF gets the reference frames of every position when it can use them (calibration, multi-reference)."""
+    if "all_references" in params or _method_label(method) != "pwf":
+        return False
+    if params.get("diffuser_estimate") == "multi-reference":
+        return True
+    g = scan.geometry
+    need_cal = (params.get("coherence_length_x_m", g.coherence_length_x_m) is None
+                or params.get("coherence_length_y_m", g.coherence_length_y_m) is None)
+    return need_cal and scan.n_positions > len(positions)
 
 
 def _flat_drift_setup(scan, mode: str):

@@ -239,8 +239,9 @@ class PWFModel:
         tomogram's δ in the beads from +3.2 % to −0.4 % and β from −20 % to −11 %
         (benchmarks/bench_tomo_e2e.py).
     all_references : array ``(P, H, W)``, optional
-        ``"multi-reference"`` only: the flat-normalised reference frames of every diffuser position of the scan
-        (the pipeline passes them).
+        The flat-normalised reference frames of every diffuser position of the scan (the pipeline passes
+        them): the coherence calibration uses them all when the lengths are not given, and
+        ``"multi-reference"`` builds the diffuser from them.
     multi_reference_field : {"phase-only", "zero-phase"}
         ``"multi-reference"`` only: the field estimate applied to the mosaic.
     """
@@ -293,7 +294,9 @@ class PWFModel:
         yc = coherence_length_y_m if coherence_length_y_m is not None else geometry.coherence_length_y_m
         self.calibration = None
         if xc is None or yc is None:
-            self.calibration = calibrate(B.asnumpy(ref), p)
+            # every reference position of the scan when given (the same diffuser: less noise in the spectrum)
+            cal_ref = ref if all_references is None else as_stack(all_references, "all_references")
+            self.calibration = calibrate(B.asnumpy(cal_ref), p)
             xc = xc if xc is not None else self.calibration.coherence_length_x_m
             yc = yc if yc is not None else self.calibration.coherence_length_y_m
         self.xcoh, self.ycoh = float(xc), float(yc)
