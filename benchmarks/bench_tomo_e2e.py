@@ -171,7 +171,7 @@ def run(quick: bool = False) -> str:
         "'true axis': the same retrieved projections reconstructed at the simulated axis; 'true projections': "
         "the simulator's exact phase / transmission through the same FBP and background removal (the floor set by "
         "FBP and the voxelised truth).\n"
-        "- PWF with its default parameters (scheme 'fast') but for the diffuser estimate: 'zero-phase' is the paper's "
+        "- PWF with its default parameters (scheme 'lbfgs') but for the diffuser estimate: 'zero-phase' is the paper's "
         "(pwf.md §5, the default), 'phase-only' ours (Richardson–Lucy + Gerchberg–Saxton, "
         "`--param diffuser_estimate=phase-only`); one local process; the automatic centre is "
         "`reconstruct_file`'s default (`find_center(method='auto')`).\n"
