@@ -17,16 +17,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from xspeckle.analysis.accuracy import phase_relative_error
 from xspeckle.retrieve import make_retriever
 from xspeckle.retrieve.coherence import calibrate
 from xspeckle.simulate.independent import simulate_independent
 
 
 def _relerr(phase, sim) -> float:
-    tr, m = np.asarray(sim.truth["phase"][0]), np.asarray(sim.truth["sample_mask"][0])
-    d = np.asarray(phase) - tr
-    d = d - np.median(d[~m])
-    return float(np.linalg.norm(d[m]) / np.linalg.norm(tr[m]))
+    return phase_relative_error(phase, sim.truth["phase"][0], sim.truth["sample_mask"][0])
 
 
 @pytest.fixture(scope="module")
