@@ -227,3 +227,27 @@ def test_batch_dot_and_axpy(monkeypatch, use_numba):
     out = pk.batch_axpy(y, a, v)
     assert out is y
     np.testing.assert_allclose(y, u + a.astype(np.float32)[:, None, None, None] * v, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_numba", [True, False])
+def test_batch_multi_dot_and_combine(monkeypatch, use_numba):
+    monkeypatch.setattr(pk, "_USE_NUMBA", use_numba)
+    monkeypatch.setattr(pk, "_SMALL", 0)
+    monkeypatch.setenv("XSPECKLE_FFT_WORKERS", "2")
+    rng = np.random.default_rng(3)
+    stack = rng.standard_normal((4, 2, 1, 20, 22)).astype(np.float32)
+    ys = rng.standard_normal((4, 2, 1, 20, 22)).astype(np.float32)
+    v = rng.standard_normal((2, 1, 20, 22)).astype(np.float32)
+    idx = [3, 0, 2]
+    want = np.stack([(stack[i].astype(np.float64) * v).reshape(2, -1).sum(1) for i in idx])
+    np.testing.assert_allclose(pk.batch_multi_dot(stack, idx, v), want, rtol=1e-6)
+    a0 = np.array([-1.5, 0.25])
+    cs = rng.standard_normal((3, 2))
+    cy = rng.standard_normal((3, 2))
+    out = np.empty_like(v)
+    got = pk.batch_combine(out, a0, v, stack, cs, ys, cy, idx)
+    assert got is out
+    want = a0[:, None, None, None] * v.astype(np.float64)
+    for k, i in enumerate(idx):
+        want = want + cs[k][:, None, None, None] * stack[i] + cy[k][:, None, None, None] * ys[i]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)

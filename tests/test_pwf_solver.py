@@ -97,3 +97,58 @@ def test_cli_forced_max_iter_is_on_stderr_in_file_and_log(tmp_path):
     with h5py.File(out2) as f:
         assert {x.decode() for x in f["retrieval/stop_reason"][()]} == {"converged"}
         assert json.loads(f.attrs["warnings"]) == []
+
+
+def _two_loop(S, Y, g, m_diag, valid):
+    """Nocedal & Wright Alg. 7.4 with H0 = gamma*M (M diagonal), one projection, pairs oldest -> newest."""
+    pairs = [(s, y) for s, y, ok in zip(S, Y, valid) if ok]
+    q = g.astype(np.float64).copy()
+    alphas = []
+    for s, y in reversed(pairs):
+        a = (s @ q) / (s @ y)
+        alphas.append(a)
+        q -= a * y
+    s_n, y_n = pairs[-1]
+    gam = (s_n @ y_n) / (y_n @ (m_diag * y_n))
+    r = gam * m_diag * q
+    for (s, y), a in zip(pairs, reversed(alphas)):
+        b = (y @ r) / (s @ y)
+        r += s * (a - b)
+    return -r
+
+
+def test_compact_lbfgs_direction_equals_two_loop():
+    """The compact form (Byrd-Nocedal-Schnabel Eq. 2.6) used by the solver gives the two-loop direction, with a
+    preconditioner M that is the identity on one component, per-projection pair acceptance and ring wrap-around."""
+    from xspeckle.retrieve.pwf_lbfgs import _Pairs
+
+    rng = np.random.default_rng(5)
+    nb, h, w, memory, n_pairs = 2, 6, 7, 3, 5
+    shape = (nb, 1, h, w)
+    m_im = rng.uniform(0.2, 3.0, shape).astype(np.float32)                # M on Im: SPD (diagonal here)
+    a_re, a_im = rng.uniform(0.5, 2.0, shape), rng.uniform(0.5, 2.0, shape)   # SPD Hessian (diagonal)
+    like = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+    pairs = _Pairs(np, memory, like, identity=(True, False))
+    x = (rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32))
+
+    def grad(xx):
+        g = ((a_re * xx[0]).astype(np.float32), (a_im * xx[1]).astype(np.float32))
+        return g, (g[0], (m_im * g[1]).astype(np.float32))
+
+    g, d = grad(x)
+    hist = []                                                             # (s, y, accepted per projection)
+    for k in range(n_pairs):
+        x_new = tuple((a + 0.3 * rng.standard_normal(shape)).astype(np.float32) for a in x)
+        g_new, d_new = grad(x_new)
+        reject = np.array([k == 3, False])                                # projection 0 refuses pair 3
+        pairs.add(x_new, x, g_new, g, d_new, d, lambda sy: (sy > 0) & ~reject)
+        hist.append(([a - b for a, b in zip(x_new, x)], [a - b for a, b in zip(g_new, g)], ~reject))
+        x, g, d = x_new, g_new, d_new
+    out = pairs.direction(g, d, (np.empty(shape, np.float32), np.empty(shape, np.float32)))
+    kept = hist[-memory:]
+    for b in range(nb):
+        flat = lambda t: np.concatenate([t[0][b].ravel(), t[1][b].ravel()]).astype(np.float64)  # noqa: E731
+        m_diag = np.concatenate([np.ones(h * w), m_im[b].ravel()]).astype(np.float64)
+        want = _two_loop([flat(s) for s, _, _ in kept], [flat(y) for _, y, _ in kept], flat(g), m_diag,
+                         [ok[b] for _, _, ok in kept])
+        np.testing.assert_allclose(flat(out), want, rtol=2e-4, atol=1e-5 * np.abs(want).max())

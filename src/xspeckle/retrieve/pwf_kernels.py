@@ -56,7 +56,8 @@ import numpy as np
 
 from xspeckle import backend as B
 
-__all__ = ["USE_FUSED", "fused_available", "fused_gradient", "momentum_step", "batch_dot", "batch_axpy", "NumbaOps",
+__all__ = ["USE_FUSED", "fused_available", "fused_gradient", "momentum_step", "batch_dot", "batch_axpy",
+           "batch_multi_dot", "batch_combine", "NumbaOps",
            "XpOps", "ops_for", "kernel_threads"]
 
 #: numba kernels on the CPU (env ``XSPECKLE_NUMBA=0`` switches them off; the NumPy twin then runs)
@@ -401,10 +402,45 @@ def _nb_axpy(y, a, x, hh, r0, r1):
     return 0
 
 
+def _nb_mdot(s, idx, v, out, r0, r1):
+    # out[i, r] = Σ_j s[idx[i], r, j] v[r, j]: the row of v stays in cache while each stored vector streams once
+    n = v.shape[1]
+    for r in range(r0, r1):
+        vr = v[r]
+        for i in range(idx.shape[0]):
+            sr = s[idx[i], r]
+            acc = 0.0
+            for j in range(n):
+                acc += np.float64(sr[j] * vr[j])
+            out[i, r] = acc
+    return 0
+
+
+def _nb_combine(d, a0, dv, s, cs, ys, cy, idx, hh, r0, r1):
+    # d[r] = a0[b] dv[r] + Σ_i cs[i, b] s[idx[i], r] + Σ_i cy[i, b] ys[idx[i], r]
+    n = d.shape[1]
+    for r in range(r0, r1):
+        b = r // hh
+        dr = d[r]
+        dvr = dv[r]
+        c0 = a0[b]
+        for j in range(n):
+            dr[j] = c0 * dvr[j]
+        for i in range(idx.shape[0]):
+            c1 = cs[i, b]
+            c2 = cy[i, b]
+            sr = s[idx[i], r]
+            yr = ys[idx[i], r]
+            for j in range(n):
+                dr[j] += c1 * sr[j] + c2 * yr[j]
+    return 0
+
+
 _NB_FUNCS = {"exp": _nb_exp, "mul": _nb_mul, "mul_real": _nb_mul_real, "expand": _nb_expand,
              "intensity": _nb_intensity, "residual_spectrum": _nb_residual_spectrum, "mask_loss": _nb_mask_loss,
              "conj_mean": _nb_conj_mean, "final": _nb_final, "regulariser": _nb_regulariser, "add": _nb_add,
-             "step": _nb_step, "dot": _nb_dot, "axpy": _nb_axpy}
+             "step": _nb_step, "dot": _nb_dot, "axpy": _nb_axpy,
+             "mdot": _nb_mdot, "combine": _nb_combine}
 
 
 def _kernels() -> dict[str, Any]:
@@ -414,7 +450,7 @@ def _kernels() -> dict[str, Any]:
         _KERNELS = B.compile_kernels(
             _NB_FUNCS,
             # the float64 sum of a dot product may be reordered (vectorised): rounding at 1e-16, not float32's
-            lambda name: {"error_model": "numpy", "fastmath": {"reassoc"} if name == "dot" else False})
+            lambda name: {"error_model": "numpy", "fastmath": {"reassoc"} if name in ("dot", "mdot") else False})
     return _KERNELS
 
 
@@ -863,3 +899,58 @@ def batch_axpy(y, a, x):
     xp = B.get_xp(y)
     y += xp.asarray(coef).reshape((nb,) + (1,) * (y.ndim - 1)) * x
     return y
+
+
+def batch_multi_dot(stack, idx, v) -> np.ndarray:
+    """Inner products of one vector with several stored ones, per projection, in one pass.
+
+    Parameters
+    ----------
+    stack : float32 ``(m, B, ...)``, stored vectors (a ring buffer of a quasi-Newton solver)
+    idx : sequence of int, the slots of *stack* to use
+    v : float32 ``(B, ...)``
+
+    Returns
+    -------
+    float64 ndarray ``(len(idx), B)`` on the host: ``Σ stack[idx[i], b]·v[b]``, accumulated in float64.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    nb = v.shape[0]
+    if idx.size == 0:
+        return np.zeros((0, nb))
+    if _numba_ok(stack, v):
+        w = v.shape[-1]
+        vv = v.reshape(-1, w)
+        sv = stack.reshape(stack.shape[0], vv.shape[0], w)
+        rows = np.empty((idx.size, vv.shape[0]), np.float64)
+        _run(_kernels()["mdot"], vv.shape[0], vv.size * idx.size, sv, idx, vv, rows)
+        return rows.reshape(idx.size, nb, -1).sum(axis=2)
+    return np.stack([batch_dot(stack[int(i)], v) for i in idx])
+
+
+def batch_combine(out, a0, dv, s, cs, ys, cy, idx):
+    """``out[b] = a0[b]·dv[b] + Σ_i cs[i, b]·s[idx[i], b] + Σ_i cy[i, b]·ys[idx[i], b]`` in one pass; returns *out*.
+
+    The direction of the compact L-BFGS form (Byrd, Nocedal & Schnabel, Math. Prog. 63, 129 (1994),
+    Eq. 2.6): *s*, *ys* ``(m, B, ...)`` ring buffers of steps and (preconditioned) gradient changes, *dv*
+    ``(B, ...)``, coefficients host arrays ``a0 (B,)``, ``cs, cy (len(idx), B)``.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    nb = out.shape[0]
+    a0 = np.asarray(a0, np.float32).reshape(nb)
+    cs = np.asarray(cs, np.float32).reshape(idx.size, nb)
+    cy = np.asarray(cy, np.float32).reshape(idx.size, nb)
+    if _numba_ok(out, dv, s, ys):
+        w = out.shape[-1]
+        hh = int(np.prod(out.shape[1:-1]))
+        ov = out.reshape(-1, w)
+        _run(_kernels()["combine"], ov.shape[0], ov.size * (1 + 2 * idx.size), ov, a0, dv.reshape(-1, w),
+             s.reshape(s.shape[0], ov.shape[0], w), cs, ys.reshape(ys.shape[0], ov.shape[0], w), cy, idx, hh)
+        return out
+    xp = B.get_xp(out)
+    shp = (nb,) + (1,) * (out.ndim - 1)
+    xp.multiply(dv, xp.asarray(a0).reshape(shp), out=out)
+    for k, i in enumerate(idx):
+        out += xp.asarray(cs[k]).reshape(shp) * s[int(i)]
+        out += xp.asarray(cy[k]).reshape(shp) * ys[int(i)]
+    return out

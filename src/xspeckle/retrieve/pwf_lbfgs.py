@@ -46,6 +46,8 @@ class _Space:
         # M⁻¹: κ² (+ b²); 0 where M is 0 (the fixed DC of the phase)
         self.minv = xp.where(pinv > 0, 1.0 / xp.where(pinv > 0, pinv, 1.0), 0.0).astype(np.float32)
         self.b = np.float32(1.0 / model.delta_over_beta) if self.prior else None
+        #: per component: is M the identity there (Re ψ without the prior)?
+        self.identity = (False,) if self.prior else (True, False)
 
     def from_psi(self, psi):
         if self.prior:                      # ψ = (b + i)φ: φ = Im ψ
@@ -66,10 +68,6 @@ class _Space:
         spec *= f
         return B.irfft2(spec, s=self.m.shape).astype(np.float32)
 
-    def precondition(self, v):
-        """M·v."""
-        return (self._filter(v[0], self.pinv),) if self.prior else (v[0], self._filter(v[1], self.pinv))
-
     def unprecondition(self, d):
         """M⁻¹·d (the gradient g from the direction D)."""
         return (self._filter(d[0], self.minv),) if self.prior else (d[0], self._filter(d[1], self.minv))
@@ -83,12 +81,113 @@ def _dot(a, b) -> np.ndarray:
     return np.asarray(batch_dot(tuple(a), tuple(b)), dtype=np.float64)
 
 
-def _axpy(y, coef, x):
-    """In place ``y += coef[b]·x`` per projection for tuples of arrays (fused, :func:`pwf_kernels.batch_axpy`)."""
-    from xspeckle.retrieve.pwf_kernels import batch_axpy
+class _Pairs:
+    """The last *m* curvature pairs and the direction ``d = −H g`` of the compact L-BFGS form.
 
-    batch_axpy(tuple(y), np.asarray(coef, np.float32), tuple(x))
-    return y
+    Byrd, Nocedal & Schnabel, Math. Prog. 63, 129 (1994), Theorem 2.2 (Eq. 2.6), with ``H₀ = γ M``:
+
+        H g = γ M g + S u − γ (M Y) p,   p = R⁻¹ Sᵀg,   u = R⁻ᵀ (Δ p + γ YᵀMY p − γ Yᵀ(M g)),
+
+    R the upper triangle of SᵀY (``R_ij = s_iᵀ y_j``, i ≤ j), Δ its diagonal, γ = sᵀy / yᵀMy of the newest
+    pair (Nocedal & Wright Eq. 7.20).  The same direction as the two-loop recursion (Alg. 7.4), but the
+    vector work is two fused passes over the stored vectors (``pwf_kernels.batch_multi_dot`` and
+    ``batch_combine``) instead of 4m dot/axpy passes plus a preconditioner filter: ``M g = D`` is what the
+    model returns and ``M y = D_{k+1} − D_k`` is stored beside y.  The small m × m algebra runs on the host.
+
+    Pairs live in ring buffers ``(m + 1, B, 1, H, W)`` per component (one spare slot: a pair no projection
+    accepts is dropped without evicting the oldest).  Per projection a pair is used only when it was
+    accepted (``sᵀy > 0`` and a successful line search), which is what a zero weight ρ did in the two-loop form.
+    """
+
+    def __init__(self, xp, memory: int, like, identity):
+        self.xp = xp
+        self.m = int(memory)
+        n = self.m + 1
+        self.S = tuple(xp.zeros((n,) + a.shape, np.float32) for a in like)
+        self.Y = tuple(xp.zeros((n,) + a.shape, np.float32) for a in like)
+        # M y: on a component where M is the identity it is y itself (no copy)
+        self.MY = tuple(y if ident else xp.zeros_like(y) for y, ident in zip(self.Y, identity))
+        nb = int(like[0].shape[0])
+        self.order: list[int] = []               # slots, oldest → newest
+        self.valid = np.zeros((nb, n), bool)
+        self.sy = np.zeros((nb, n, n))           # s_iᵀ y_j (slots i, j)
+        self.ymy = np.zeros((nb, n, n))          # y_iᵀ M y_j
+
+    def _spare(self) -> int:
+        used = set(self.order)
+        return next(k for k in range(self.m + 1) if k not in used)
+
+    def add(self, x_new, x, g_new, g, d_new, d_old, accept) -> np.ndarray:
+        """Store the pair (x_new − x, g_new − g, d_new − d_old); *accept(sy)* → bool ``(B,)`` says for which
+        projections it counts.  Returns ``sᵀy`` ``(B,)``."""
+        from xspeckle.retrieve.pwf_kernels import batch_multi_dot
+
+        xp = self.xp
+        k = self._spare()
+        for c in range(len(self.S)):
+            xp.subtract(x_new[c], x[c], out=self.S[c][k])
+            xp.subtract(g_new[c], g[c], out=self.Y[c][k])
+            if self.MY[c] is not self.Y[c]:
+                xp.subtract(d_new[c], d_old[c], out=self.MY[c][k])
+        idx = self.order + [k]
+        col_sy = sum(batch_multi_dot(self.S[c], idx, self.Y[c][k]) for c in range(len(self.S)))
+        col_ymy = sum(batch_multi_dot(self.Y[c], idx, self.MY[c][k]) for c in range(len(self.S)))
+        sy_new = col_sy[-1]
+        ok = np.asarray(accept(sy_new), bool)
+        if not ok.any():                             # nobody takes it: the slot stays spare
+            return sy_new
+        for ii, i in enumerate(idx):
+            self.sy[:, i, k] = col_sy[ii]
+            self.ymy[:, i, k] = self.ymy[:, k, i] = col_ymy[ii]
+        self.valid[:, k] = ok
+        self.order.append(k)
+        if len(self.order) > self.m:
+            old = self.order.pop(0)
+            self.valid[:, old] = False
+        return sy_new
+
+    def direction(self, g, dvec, out):
+        """``out = −H g`` (tuple of arrays like *g*); *dvec* = M g.  Returns *out*."""
+        from scipy.linalg import solve_triangular
+
+        from xspeckle.retrieve.pwf_kernels import batch_combine, batch_multi_dot
+
+        idx = list(self.order)
+        nb = int(g[0].shape[0])
+        a = sum(batch_multi_dot(self.S[c], idx, g[c]) for c in range(len(g)))           # Sᵀ g      (n, B)
+        q = sum(batch_multi_dot(self.Y[c], idx, dvec[c]) for c in range(len(g)))        # Yᵀ (M g)  (n, B)
+        a0 = np.empty(nb)
+        cs = np.zeros((len(idx), nb))
+        cy = np.zeros((len(idx), nb))
+        for b in range(nb):
+            sel = [ii for ii, i in enumerate(idx) if self.valid[b, i]]
+            if not sel:
+                a0[b] = -1.0                          # no curvature yet: the preconditioned gradient
+                continue
+            ix = [idx[ii] for ii in sel]
+            kn = ix[-1]
+            sy_n, ymy_n = self.sy[b, kn, kn], self.ymy[b, kn, kn]
+            gam = sy_n / ymy_n if (sy_n > 0 and ymy_n > 0) else 1.0
+            r = np.triu(self.sy[b][np.ix_(ix, ix)])
+            p = solve_triangular(r, a[sel, b], lower=False)
+            u = solve_triangular(r, np.diag(r) * p + gam * (self.ymy[b][np.ix_(ix, ix)] @ p) - gam * q[sel, b],
+                                 trans="T", lower=False)
+            a0[b] = -gam                              # d = −γ M g − S u + γ (M Y) p
+            cs[sel, b] = -u
+            cy[sel, b] = gam * p
+        for c in range(len(g)):
+            batch_combine(out[c], a0, dvec[c], self.S[c], cs, self.MY[c], cy, idx)
+        return out
+
+    def keep(self, sel_dev, keep_host) -> None:
+        """Drop the finished projections (device index *sel_dev*, host mask *keep_host*)."""
+        self.S = tuple(a[:, sel_dev] for a in self.S)
+        ident = [my is y for my, y in zip(self.MY, self.Y)]
+        self.Y = tuple(a[:, sel_dev] for a in self.Y)
+        self.MY = tuple(y if i else my[:, sel_dev] for my, y, i in zip(self.MY, self.Y, ident))
+        self.valid = self.valid[keep_host]
+        self.sy = self.sy[keep_host]
+        self.ymy = self.ymy[keep_host]
 
 
 def _col(xp, v):
@@ -163,35 +262,15 @@ def solve_lbfgs(model, yspec, psi0, *, max_iter: int, min_iter: int, memory: int
     reasons = [""] * nb
     n_back = np.zeros(nb, int)
     n_skip = np.zeros(nb, int)
-    S: list[tuple] = []
-    Y: list[tuple] = []
-    R: list[np.ndarray] = []
-    my_last = None                                    # M·y of the newest pair
+    pairs = _Pairs(xp, memory, x, sp.identity)
     snap = None
     change = np.full(nb, np.inf)
     it = 0
     while active.size:
         it += 1
         n_act = active.size
-        # ---- two-loop recursion (Nocedal & Wright Alg. 7.4) with H₀ = γ M (Eq. 7.20)
-        q = tuple(a.copy() for a in g)
-        alphas = []
-        for s_i, y_i, r_i in zip(reversed(S), reversed(Y), reversed(R)):
-            a = r_i * _dot(s_i, q)
-            alphas.append(a)
-            _axpy(q, -a, y_i)
-        if S:
-            sy = _dot(S[-1], Y[-1])
-            ymy = _dot(Y[-1], my_last)
-            gam = np.where((ymy > 0) & (sy > 0), sy / np.where(ymy > 0, ymy, 1.0), 1.0)
-        else:
-            gam = np.ones(n_act)
-        r = sp.precondition(q)
-        gc = _col(xp, -gam)                              # d = −H g: the sign folded into the scale
-        d = tuple(rr * gc for rr in r)
-        for (s_i, y_i, r_i), a in zip(zip(S, Y, R), reversed(alphas)):
-            b = -r_i * _dot(y_i, d)                      # r = −d
-            _axpy(d, -(a - b), s_i)
+        # ---- d = −H g, compact L-BFGS form with H₀ = γ M (class _Pairs)
+        d = pairs.direction(g, dvec, tuple(xp.empty_like(a) for a in g))
         slope = _dot(g, d)
         bad = ~(slope < 0) | ~np.isfinite(slope)
         if bad.any():                                   # not a descent direction: preconditioned gradient
@@ -238,23 +317,16 @@ def solve_lbfgs(model, yspec, psi0, *, max_iter: int, min_iter: int, memory: int
             if not pending.any():
                 break
         failed = pending.copy()
-        # ---- curvature pair (s, y); a pair with sᵀy ≤ 0 gets weight 0 for that projection
-        s_new = tuple(a - b for a, b in zip(x_new, x))
+        # ---- curvature pair (s, y, M y); a pair with sᵀy ≤ 0 is not used by that projection
         g_new = sp.unprecondition(d_new)
-        y_new = tuple(a - b for a, b in zip(g_new, g))
-        sy = _dot(s_new, y_new)
-        good = (sy > 1e-30 * np.maximum(1.0, np.abs(f_new))) & ~failed
-        n_skip[active[~good]] += 1
-        rho = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
-        if good.any():
-            S.append(s_new)
-            Y.append(y_new)
-            R.append(rho)
-            my_last = tuple(a - b for a, b in zip(d_new, dvec))
-            if len(S) > memory:
-                S.pop(0)
-                Y.pop(0)
-                R.pop(0)
+        good_box = {}
+
+        def accept(sy):
+            good_box["g"] = (sy > 1e-30 * np.maximum(1.0, np.abs(f_new))) & ~failed
+            return good_box["g"]
+
+        pairs.add(x_new, x, g_new, g, d_new, dvec, accept)
+        n_skip[active[~good_box["g"]]] += 1
         x, f, dvec, g = x_new, f_new, d_new, g_new
         for i_loc, gi in enumerate(active):
             if not failed[i_loc]:
@@ -298,11 +370,7 @@ def solve_lbfgs(model, yspec, psi0, *, max_iter: int, min_iter: int, memory: int
             g = tuple(a[ksel] for a in g)
             dvec = tuple(a[ksel] for a in dvec)
             f = f[keep]
-            S = [tuple(a[ksel] for a in s_i) for s_i in S]
-            Y = [tuple(a[ksel] for a in y_i) for y_i in Y]
-            R = [r_i[keep] for r_i in R]
-            if my_last is not None:
-                my_last = tuple(a[ksel] for a in my_last)
+            pairs.keep(ksel, keep)
             if snap is not None:
                 snap = snap[ksel]
     return out, evals, reasons, hist, {"line_search_backtracks": n_back.tolist(), "curvature_skips": n_skip.tolist()}
