@@ -152,3 +152,31 @@ def test_compact_lbfgs_direction_equals_two_loop():
         want = _two_loop([flat(s) for s, _, _ in kept], [flat(y) for _, y, _ in kept], flat(g), m_diag,
                          [ok[b] for _, _, ok in kept])
         np.testing.assert_allclose(flat(out), want, rtol=2e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_working_factor_covers_the_measured_peak():
+    """The memory plan's working factor of PWF is at least the peak traced allocation of a solve."""
+    import tracemalloc
+
+    from xspeckle.geometry import Geometry
+    from xspeckle.retrieve.pwf import PWFRetriever
+
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    h, w = 192, 240
+    ref = np.clip(1 + 1.2 * ndimage.gaussian_filter(rng.standard_normal((h, w)), 2.0), 0.05, None)[None].astype(np.float32)
+    sam = (ref * (1 + 0.01 * rng.standard_normal((1, h, w)))).astype(np.float32)
+    g = Geometry(energy_ev=10000.0, pixel_size_m=650e-9, sample_detector_distance_m=0.023,
+                 diffuser_position="downstream", diffuser_detector_distance_m=0.020,
+                 coherence_length_x_m=3e-6, coherence_length_y_m=4e-6)
+    for scheme in ("lbfgs", "fast"):
+        r = PWFRetriever(ref, g, scheme=scheme, max_iter=25, min_iter=25)
+        r(sam)                                                     # warm (numba, FFT plans)
+        tracemalloc.start()
+        r(sam)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        stack = ref.nbytes
+        assert r.working_factor * stack >= 0.9 * peak, (scheme, r.working_factor, peak / stack)
+        assert r.working_factor * stack <= 3.0 * peak, (scheme, r.working_factor, peak / stack)

@@ -955,7 +955,6 @@ class PWFRetriever(Retriever):
     min_positions = 1
     needs_downstream = True
 
-
     def __init__(self, reference, geometry: Geometry, **params: Any):
         super().__init__(reference, geometry, **params)
         mk = {k: params.pop(k) for k in list(params) if k in MODEL_OPTIONS}
@@ -964,6 +963,23 @@ class PWFRetriever(Retriever):
         self.model = PWFModel(self.reference, geometry, **mk)
         self.parameters = self.model.parameters()
         self.parameters["scheme"] = params.get("scheme", "lbfgs")
+
+    @property
+    def working_factor(self) -> float:
+        """Temporaries of one call in ``(P, H, W)`` float32 stacks (the pipeline's memory plan).
+
+        Measured with ``tracemalloc`` at 512 × 640 (K = 1): 34 float32 arrays of the PWF grid for the FISTA
+        schemes, 36 + 5 (m + 1) for L-BFGS with m pairs (ring buffers of s, y and M y, one spare slot);
+        ~8 more per extra position (the (B, K) fields and intensities); times the grid's area over the frame's.
+        """
+        p, h, w = self.reference.shape
+        if self.solve_params.get("scheme", "lbfgs") == "lbfgs":
+            n = 36 + 5 * (int(self.solve_params.get("lbfgs_memory", 6)) + 1)
+        else:
+            n = 34
+        n += 8 * (self.model.K - 1)
+        hr, wr = self.model.shape
+        return float(n * hr * wr / (p * h * w))
 
     def _retrieve(self, sample) -> dict[str, Any]:
         t0 = time.perf_counter()
