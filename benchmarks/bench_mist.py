@@ -141,7 +141,7 @@ def _first_call_s(which: str, n: int, positions: int) -> float | None:
 
 
 def run(quick: bool = False) -> str:
-    import xspeckle.retrieve.mist as mist_mod
+    import xspeckle.retrieve.mist_kernels as mist_mod
     from xspeckle.backend import fft_workers
     from xspeckle.retrieve.mist import MISTRetriever, mist
 
@@ -150,7 +150,7 @@ def run(quick: bool = False) -> str:
     repeats = 5
     ref, smp, g = make_input(n, positions)
     rows, timings = [], []
-    fast = mist_mod._fast_available(np)
+    fast = mist_mod.fast_available(np)
 
     t_ours = bench(lambda: mist(reference=ref, sample=smp, geometry=g, blur_calibration=False),
                    label="ours", warmup=1, repeats=repeats)

@@ -43,7 +43,6 @@ from xspeckle.retrieve import get_method
 from xspeckle.retrieve.mist import (
     DirectionalMISTRetriever,
     MISTRetriever,
-    inverse_laplacian_dct,
     mist,
     mist_attenuating,
     mist_directional,
@@ -328,7 +327,7 @@ def test_directional_fibres_attenuating_phase(fibres):
 @pytest.fixture(params=["numba", "numpy"])
 def mist_path(request, monkeypatch):
     """Run a test on the numba kernels of the phase-object model and on the NumPy path."""
-    import xspeckle.retrieve.mist as mist_mod
+    import xspeckle.retrieve.mist_kernels as mist_mod
 
     if request.param == "numba":
         pytest.importorskip("numba")
@@ -386,13 +385,21 @@ def test_errors(berry):
 
 
 def test_inverse_laplacian_dct_matches_mirror_fft():
-    from xspeckle.retrieve.integrate import inverse_laplacian
+    """The inverse Laplacian with mirror boundaries (a DCT, retrieve.integrate) equals the FFT of the 2H×2W
+    even extension (Gureyev & Nugent; Pavlov 2020 after Eq. 7) computed here directly."""
+    from xspeckle.retrieve.integrate import angular_frequency_grid, inverse_laplacian, mirror_pad
 
     rng = np.random.default_rng(0)
     f = rng.standard_normal((40, 56)).astype(np.float32) * 1e8
+    p = 5e-6
     for eps in (0.0, 1e7):
-        a = inverse_laplacian(f, 5e-6, epsilon_per_m2=eps)
-        b = inverse_laplacian_dct(f, 5e-6, epsilon_per_m2=eps)
+        fp = mirror_pad(f).astype(np.float64)
+        ky, kx = angular_frequency_grid(fp.shape, p)
+        den = kx.astype(np.float64) ** 2 + ky.astype(np.float64) ** 2 + eps
+        if eps == 0:
+            den[0, 0] = np.inf
+        a = np.real(np.fft.ifft2(-np.fft.fft2(fp) / den))[:40, :56]
+        b = inverse_laplacian(f, p, epsilon_per_m2=eps)
         assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
 
 
@@ -437,13 +444,13 @@ def test_cupy_matches_numpy(berry):
 def test_residual_identity_matches_direct_misfit(berry):
     """The one-pass residual (‖b‖² − x·Aᵀb − αΣ(s x)²) equals the direct Σ(b − Ax)²."""
     from xspeckle.retrieve.derivatives import gradient, laplacian
-    from xspeckle.retrieve.mist import _PixelLSQ
+    from xspeckle.retrieve.pixel_lsq import PixelLSQ
 
     ref, smp = berry["ref"][:5, :40, :50], berry["smp"][:5, :40, :50]
     lap = -laplacian(ref, 1.0)
     gy, gx = gradient(ref, 1.0)
     for cols, alpha in (([ref, lap], 1e-3), ([ref, lap, gx, gy], 1e-6), ([ref, lap], 0.0)):
-        lsq = _PixelLSQ(cols, alpha, None)
+        lsq = PixelLSQ(cols, alpha, None)
         b = ref - smp
         x, res = lsq.solve_block(b, 0, 40, smp)
         direct = np.sqrt(lsq.misfit_sq(b, x, 0, 40) / np.sum(smp.astype(np.float64) ** 2, axis=0))
@@ -453,19 +460,19 @@ def test_residual_identity_matches_direct_misfit(berry):
 
 def test_inplace_laplacian_equals_shared_stencil():
     from xspeckle.retrieve.derivatives import laplacian
-    from xspeckle.retrieve.mist import _laplacian_px
+    from xspeckle.retrieve.mist_kernels import laplacian_px
 
     a = np.random.default_rng(3).random((3, 17, 23)).astype(np.float32)
-    np.testing.assert_allclose(_laplacian_px(a), laplacian(a, 1.0), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(laplacian_px(a), laplacian(a, 1.0), rtol=0, atol=2e-6)
 
 
 def _exact_phase_object(ref, smp, alpha, geometry):
     """Float64 reference solution of the regularised phase-object LS (columns [I_R, −∇²_px I_R], Tikhonov
     α·P·s_j² with s_j the column RMS; Pavlov 2020 Eq. 6–7 by least squares): D_eff (m) and the residual."""
-    from xspeckle.retrieve.mist import _laplacian_px
+    from xspeckle.retrieve.mist_kernels import laplacian_px
 
     a0 = ref.astype(np.float64)
-    a1 = -_laplacian_px(ref).astype(np.float64)
+    a1 = -laplacian_px(ref).astype(np.float64)
     b = a0 - smp.astype(np.float64)
     p = ref.shape[0]
     lam0, lam1 = alpha * p * np.mean(a0**2), alpha * p * np.mean(a1**2)
@@ -486,7 +493,7 @@ def test_numba_path_matches_numpy_path(berry, n, monkeypatch):
     float32 products are less accurate), residual errors ≤ 1e-5 (median); the two paths' phase maps agree
     to 1e-4 of their maximum (measured 4e-6)."""
     pytest.importorskip("numba")
-    import xspeckle.retrieve.mist as mist_mod
+    import xspeckle.retrieve.mist_kernels as mist_mod
 
     ref, smp, g = berry["ref"][:n], berry["smp"][:n], berry["geometry"]
     d_ref, res_ref = _exact_phase_object(ref, smp, 1e-3, g)
@@ -509,7 +516,7 @@ def test_numba_retriever_pickles_and_falls_back(berry, monkeypatch):
     """A retriever prepared with the numba kernels pickles (pipeline workers) and, where numba is off,
     solves on its stored columns with the NumPy path: same maps to float rounding."""
     pytest.importorskip("numba")
-    import xspeckle.retrieve.mist as mist_mod
+    import xspeckle.retrieve.mist_kernels as mist_mod
 
     ref, smp, g = berry["ref"][:4, :64, :80], berry["smp"][:4, :64, :80], berry["geometry"]
     monkeypatch.setattr(mist_mod, "_USE_NUMBA", True)

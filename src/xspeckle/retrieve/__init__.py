@@ -18,7 +18,7 @@ __all__ = ["METHODS", "get_method", "available_methods", "make_retriever"]
 METHODS: dict[str, tuple[str, str]] = {
     "pwf": ("xspeckle.retrieve.pwf", "PWFRetriever"),
     "mist": ("xspeckle.retrieve.mist", "MISTRetriever"),
-    "mist-directional": ("xspeckle.retrieve.mist", "DirectionalMISTRetriever"),
+    "mist-directional": ("xspeckle.retrieve.mist_directional", "DirectionalMISTRetriever"),
     "lcs": ("xspeckle.retrieve.lcs", "LCSRetriever"),
     "lcs-df": ("xspeckle.retrieve.lcs", "LCSDFRetriever"),
     "lcs-ddf": ("xspeckle.retrieve.lcs", "LCSDDFRetriever"),

@@ -51,7 +51,7 @@ from xspeckle.errors import InputError, ParameterError
 from xspeckle.geometry import Geometry
 from xspeckle.retrieve import derivatives as D
 from xspeckle.retrieve.base import Retriever, as_stack
-from xspeckle.retrieve.mist import _map_rows, _row_chunks
+from xspeckle.retrieve.pixel_lsq import map_rows, normal_inverse, solve_normal, thread_chunks
 from xspeckle.retrieve.tracking import _ndimage, fine_gradient, phase_from_displacement, propagation_distance_m, warp
 
 __all__ = ["LCSModel", "lcs", "lcs_df", "lcs_ddf", "LCSRetriever", "LCSDFRetriever", "LCSDDFRetriever"]
@@ -71,8 +71,8 @@ def _columns(ref, variant: str, derivative: str):
         A = np.empty((_VARIANTS[variant], K, H, W), np.float32)
         fd8 = derivative == "fd8"
         kern = _kernels()["columns"]
-        _map_rows(lambda y0, y1: kern(ref, A, y0, y1, fd8, variant == "df"),
-                  _row_chunks(H, B.fft_workers(), None), B.fft_workers())
+        map_rows(lambda y0, y1: kern(ref, A, y0, y1, fd8, variant == "df"),
+                 thread_chunks(H, B.fft_workers(), None), B.fft_workers())
         return A
     if derivative == "fd8":
         gy, gx = fine_gradient(ref)
@@ -88,10 +88,11 @@ def _columns(ref, variant: str, derivative: str):
 
 
 # --------------------------------------------------------------------------- CPU fast path (numba)
-# Set-up of the per-pixel normal equations on NumPy arrays: two kernels (columns; normal matrix +
-# inverse) run over row chunks by a thread pool, the same pattern as mist.py.  They compute what
-# the NumPy code computes (same stencils and borders; sums in float64), so the NumPy path is their
-# twin (``XSPECKLE_NUMBA=0`` or ``lcs._USE_NUMBA = False``).
+# On NumPy arrays the design-matrix columns and the cubic warp run as numba kernels over row chunks on
+# a thread pool (``pixel_lsq.map_rows``); the per-pixel normal equations and the solve are those of
+# ``retrieve/pixel_lsq.py`` (shared with MIST), with their own kernels.  The kernels compute what the
+# NumPy code computes (same stencils and borders; sums in float64), so the NumPy path is their twin
+# (``XSPECKLE_NUMBA=0`` or ``lcs._USE_NUMBA = False``, which switches the pixel_lsq kernels off too).
 _USE_NUMBA = os.environ.get("XSPECKLE_NUMBA", "1").strip().lower() not in ("0", "false", "no", "off")
 _KERNELS: dict[str, Any] | None = None
 _FD8 = (4.0 / 5.0, -1.0 / 5.0, 4.0 / 105.0, -1.0 / 280.0)  # tracking.fine_gradient weights (Fornberg 1988)
@@ -147,72 +148,6 @@ def _nb_columns(ref, A, y0, y1, fd8, with_lap):
                     xl = x - 1 if x > 0 else 0
                     xr = x + 1 if x < W - 1 else W - 1
                     A[3, n, y, x] = (a[yu, x] + a[yd, x] + row[xl] + row[xr]) - np.float32(4.0) * row[x]
-    return 0
-
-
-def _nb_diag_sums(A, y0, y1):
-    """Σ over rows y0:y1, positions and x of A[j]² (float64), per column j."""
-    q, K, H, W = A.shape
-    out = np.zeros(q)
-    for j in range(q):
-        acc = 0.0
-        for n in range(K):
-            for y in range(y0, y1):
-                r = A[j, n, y]
-                for x in range(W):
-                    v = np.float64(r[x])
-                    acc += v * v
-        out[j] = acc
-    return out
-
-
-def _nb_inverse(A, lam, out, y0, y1):
-    """out[:, :, y, x] = (AᵀA + diag(lam))⁻¹ per pixel: sums over positions in float64, Gauss–Jordan
-    inverse of the symmetric q×q matrix in float64 (a singular pixel gets zeros, as the 3×3 path)."""
-    q, K, H, W = A.shape
-    acc = np.empty((q, q, W))
-    m = np.empty((q, 2 * q))
-    for y in range(y0, y1):
-        acc[:] = 0.0
-        for n in range(K):
-            for j in range(q):
-                aj = A[j, n, y]
-                for k in range(j, q):
-                    ak = A[k, n, y]
-                    for x in range(W):
-                        acc[j, k, x] += np.float64(aj[x]) * np.float64(ak[x])
-        for x in range(W):
-            for j in range(q):
-                for k in range(q):
-                    m[j, k] = acc[j, k, x] if k >= j else acc[k, j, x]
-                    m[j, q + k] = 1.0 if j == k else 0.0
-                m[j, j] += lam[j]
-            ok = True
-            for c in range(q):
-                piv = c
-                for r in range(c + 1, q):
-                    if abs(m[r, c]) > abs(m[piv, c]):
-                        piv = r
-                if not abs(m[piv, c]) > 1e-300:
-                    ok = False
-                    break
-                if piv != c:
-                    for k in range(2 * q):
-                        tmp = m[c, k]
-                        m[c, k] = m[piv, k]
-                        m[piv, k] = tmp
-                d = 1.0 / m[c, c]
-                for k in range(2 * q):
-                    m[c, k] *= d
-                for r in range(q):
-                    if r != c:
-                        f = m[r, c]
-                        if f != 0.0:
-                            for k in range(2 * q):
-                                m[r, k] -= f * m[c, k]
-            for j in range(q):
-                for k in range(q):
-                    out[j, k, y, x] = np.float32(m[j, q + k]) if ok else np.float32(0.0)
     return 0
 
 
@@ -294,13 +229,13 @@ def warp_cubic(stack, ux, uy):
         for k in range(k0, k1):
             ndi.spline_filter(stack[k], order=3, output=coef[k], mode="mirror")
 
-    _map_rows(prefilter, [(k, k + 1) for k in range(K)], threads)
+    map_rows(prefilter, [(k, k + 1) for k in range(K)], threads)
     if _fast_available(xp):
         out = np.empty_like(coef)
         k = _kernels()["warp"]
         ux = np.ascontiguousarray(ux, dtype=np.float32)
         uy = np.ascontiguousarray(uy, dtype=np.float32)
-        _map_rows(lambda y0, y1: k(coef, ux, uy, out, y0, y1), _row_chunks(H, threads, None), threads)
+        map_rows(lambda y0, y1: k(coef, ux, uy, out, y0, y1), thread_chunks(H, threads, None), threads)
         return out
     sy = xp.clip(xp.arange(H, dtype=np.float64)[:, None] - uy.astype(np.float64), 0, H - 1)
     sx = xp.clip(xp.arange(W, dtype=np.float64)[None, :] - ux.astype(np.float64), 0, W - 1)
@@ -322,104 +257,16 @@ def warp_cubic(stack, ux, uy):
     return out.astype(np.float32)
 
 
-def _nb_solve(A, Minv, lam, smp, x_out, res_out, y0, y1):
-    """Per pixel: Aᵀb (float64 sums over positions), x = M⁻¹Aᵀb, RMS misfit sqrt((bᵀb − xᵀAᵀb − Σλ_j x_j²)/K)
-    (the identity of :meth:`LCSModel.solve`); the numba twin of its NumPy code (row by row, x innermost)."""
-    q, K, H, W = A.shape
-    atb = np.empty((q, W))
-    bb = np.empty(W)
-    r2 = np.empty(W)
-    for y in range(y0, y1):
-        atb[:] = 0.0
-        bb[:] = 0.0
-        for n in range(K):
-            srow = smp[n, y]
-            for x in range(W):
-                v = np.float64(srow[x])
-                bb[x] += v * v
-            for j in range(q):
-                arow = A[j, n, y]
-                for x in range(W):
-                    atb[j, x] += np.float64(arow[x]) * np.float64(srow[x])
-        r2[:] = bb
-        for j in range(q):
-            lj = lam[j]
-            for x in range(W):
-                v = 0.0
-                for k in range(q):
-                    v += np.float64(Minv[j, k, y, x]) * atb[k, x]
-                x_out[j, y, x] = np.float32(v)
-                r2[x] -= v * atb[j, x] + lj * v * v
-        for x in range(W):
-            res_out[y, x] = np.float32(np.sqrt(max(r2[x], 0.0) / K))
-    return 0
-
-
 def _kernels() -> dict[str, Any]:
     """The compiled kernels (numba, ``nogil``, disk-cached where possible), or {} without numba."""
     global _KERNELS
     if _KERNELS is None:
-        _KERNELS = B.compile_kernels({"columns": _nb_columns, "diag": _nb_diag_sums, "inverse": _nb_inverse,
-                                      "warp": _nb_warp, "solve": _nb_solve})
+        _KERNELS = B.compile_kernels({"columns": _nb_columns, "warp": _nb_warp})
     return _KERNELS
 
 
 def _fast_available(xp) -> bool:
     return _USE_NUMBA and xp is np and bool(_kernels())
-
-
-def _normal_inverse(A, alpha: float, chunk_rows: int = 256):
-    """``(AᵀA + Λ)⁻¹`` per pixel, ``(q, q, H, W)`` float32, accumulated and inverted in float64."""
-    xp = B.get_xp(A)
-    q, K, H, W = A.shape
-    if _fast_available(xp) and A.flags.c_contiguous:
-        k = _kernels()
-        threads = B.fft_workers()
-        chunks = _row_chunks(H, threads, None)
-        sums = np.sum(_map_rows(lambda y0, y1: k["diag"](A, y0, y1), chunks, threads), axis=0)
-        lam = alpha * np.maximum(sums / (H * W), 1e-30)  # Λ = α·diag(mean diag(AᵀA)), as below
-        out = np.empty((q, q, H, W), np.float32)
-        _map_rows(lambda y0, y1: k["inverse"](A, np.asarray(lam, np.float64), out, y0, y1), chunks, threads)
-        return out, lam
-    return _normal_inverse_xp(A, alpha, chunk_rows)
-
-
-def _normal_inverse_xp(A, alpha: float, chunk_rows: int = 256):
-    """NumPy/CuPy twin of the numba set-up."""
-    xp = B.get_xp(A)
-    q, K, H, W = A.shape
-    Af = A.reshape(q, K, H * W)
-    if q == 3:
-        # closed-form symmetric 3×3 inverse (adjugate), float64: much faster than batched LAPACK
-        e = {(j, k): xp.einsum("np,np->p", Af[j], Af[k], dtype=np.float64)
-             for j in range(3) for k in range(j, 3)}
-        lam = alpha * np.maximum([float(xp.mean(e[(j, j)])) for j in range(3)], 1e-30)
-        a00, a01, a02 = e[(0, 0)] + lam[0], e[(0, 1)], e[(0, 2)]
-        a11, a12, a22 = e[(1, 1)] + lam[1], e[(1, 2)], e[(2, 2)] + lam[2]
-        c00 = a11 * a22 - a12 * a12
-        c01 = a02 * a12 - a01 * a22
-        c02 = a01 * a12 - a02 * a11
-        c11 = a00 * a22 - a02 * a02
-        c12 = a01 * a02 - a00 * a12
-        c22 = a00 * a11 - a01 * a01
-        det = a00 * c00 + a01 * c01 + a02 * c02
-        inv = xp.where(xp.abs(det) > 1e-300, 1.0 / xp.where(xp.abs(det) > 1e-300, det, 1.0), 0.0)
-        out = xp.stack([xp.stack([c00, c01, c02]), xp.stack([c01, c11, c12]), xp.stack([c02, c12, c22])])
-        out = (out * inv).astype(np.float32).reshape(3, 3, H, W)
-        return out, lam
-    diag_mean = np.zeros(q)
-    for j in range(q):
-        diag_mean[j] = float(xp.mean(xp.einsum("np,np->p", Af[j], Af[j], dtype=np.float64)))
-    lam = alpha * np.maximum(diag_mean, 1e-30)  # Λ = α·diag(mean diag(AᵀA)), one scale per unknown
-    out = xp.empty((q, q, H, W), dtype=np.float32)
-    for y0 in range(0, H, chunk_rows):
-        y1 = min(H, y0 + chunk_rows)
-        a = A[:, :, y0:y1].astype(np.float64)
-        M = xp.einsum("jnhw,knhw->hwjk", a, a)
-        M[..., xp.arange(q), xp.arange(q)] += xp.asarray(lam)
-        Minv = xp.linalg.inv(M)
-        out[:, :, y0:y1] = xp.moveaxis(Minv, (2, 3), (0, 1)).astype(np.float32)
-    return out, lam
 
 
 class LCSModel:
@@ -449,7 +296,7 @@ class LCSModel:
         self.alpha = float(alpha)
         self.derivative = derivative
         self.A = _columns(self.reference, variant, derivative)
-        self.Minv, self.lam = _normal_inverse(self.A, self.alpha)
+        self.Minv, self.lam = normal_inverse(self.A, self.alpha, numba=_USE_NUMBA)
 
     @property
     def q(self) -> int:
@@ -466,38 +313,13 @@ class LCSModel:
     def solve(self, sample, A=None, Minv=None, lam=None):
         """Return ``x (q, H, W)`` and the per-pixel RMS residual ``(H, W)`` for ``sample (K, H, W)``.
 
-        ``x = M⁻¹(Aᵀb)``; the misfit follows from the normal equations without forming ``Ax``:
-        ``‖b − Ax‖² = bᵀb − xᵀAᵀb − xᵀΛx`` (exact, since ``(AᵀA + Λ)x = Aᵀb``).
+        ``x = M⁻¹(Aᵀb)`` with ``b = I_S`` (:func:`xspeckle.retrieve.pixel_lsq.solve_normal`); *A*, *Minv*,
+        *lam* default to the precomputed ones.
         """
-        xp = B.get_xp(sample)
         A = self.A if A is None else A
         Minv = self.Minv if Minv is None else Minv
         lam = self.lam if lam is None else lam
-        q, K, H, W = A.shape
-        if _fast_available(xp) and A.flags.c_contiguous and Minv.flags.c_contiguous:
-            smp = np.ascontiguousarray(sample, dtype=np.float32)
-            x = np.empty((q, H, W), np.float32)
-            res = np.empty((H, W), np.float32)
-            kern = _kernels()["solve"]
-            lam64 = np.asarray(lam, np.float64)
-            threads = B.fft_workers(K * H * W)
-            _map_rows(lambda y0, y1: kern(A, Minv, lam64, smp, x, res, y0, y1), _row_chunks(H, threads, None), threads)
-            return x, res
-        bf = sample.reshape(K, H * W)
-        # sums in float64 (the misfit identity cancels: bᵀb ≈ xᵀAᵀb), as the numba kernel
-        atb = xp.einsum("jnp,np->jp", A.reshape(q, K, H * W), bf, dtype=np.float64).reshape(q, H, W)  # Aᵀb
-        bb = xp.einsum("np,np->p", bf, bf, dtype=np.float64).reshape(H, W)
-        x = []
-        for j in range(q):
-            acc = Minv[j, 0] * atb[0]
-            for k in range(1, q):
-                acc += Minv[j, k] * atb[k]
-            x.append(acc)
-        x = xp.stack(x)
-        r2 = bb - xp.sum(x * atb, axis=0)
-        for j in range(q):
-            r2 -= float(lam[j]) * x[j] * x[j]
-        return x.astype(np.float32), xp.sqrt(xp.maximum(r2, 0) / K).astype(np.float32)
+        return solve_normal(A, Minv, lam, sample, numba=_USE_NUMBA)
 
 
 def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption: bool, refine: int = 0):
@@ -524,7 +346,7 @@ def _run(model: LCSModel, sample, *, iterations: int, max_shift, weak_absorption
             uy = xp.clip(uy, -max_shift, max_shift)
         ru = warp(model.reference, ux, uy)
         A = _columns(ru, model.variant, model.derivative)
-        Minv, lam = _normal_inverse(A, model.alpha)
+        Minv, lam = normal_inverse(A, model.alpha, numba=_USE_NUMBA)
         x, res = model.solve(s, A, Minv, lam)
         T = x[0]
         Tsafe = xp.where(xp.abs(T) > tiny, T, 1.0)

@@ -31,7 +31,7 @@ from xspeckle.errors import InputError, ParameterError
 from xspeckle.geometry import Geometry
 from xspeckle.retrieve.base import Retriever, as_stack
 from xspeckle.retrieve.integrate import angular_frequency_grid, mirror_pad
-from xspeckle.retrieve.mist import attenuation_warning
+from xspeckle.retrieve.mist_common import attenuation_warning
 from xspeckle.retrieve.tracking import phase_from_displacement
 
 __all__ = ["optical_flow", "OpticalFlowRetriever"]
