@@ -5,7 +5,8 @@
 * sub-pixel peak refinement on a 3×3 neighbourhood of a cost map (methods.md §1.1),
 * filling the uncomputable border from the nearest valid pixel (retrieve/base.py rule),
 * warping a stack by a per-pixel displacement (iterated LCS),
-* gradient → phase (``∇φ = k·p·u/d``, design.md; methods.md §0 and §1.14).
+* gradient → phase (``∇φ = k·p·u/d``, design.md; methods.md §0 and §1.14), and the retriever
+  outputs of the window-matching methods (:func:`maps_with_phase`).
 
 Sign convention (design.md): the displacement ``u`` (px, x then y) is the speckle
 shift reference → sample, ``I_S(r) ≈ T·I_R(r − u)``.  Everything here works on NumPy
@@ -35,6 +36,7 @@ __all__ = [
     "argmin_subpixel",
     "propagation_distance_m",
     "phase_from_displacement",
+    "maps_with_phase",
     "row_chunks",
 ]
 
@@ -489,6 +491,23 @@ def phase_from_displacement(ux, uy, geometry: Geometry, *, integrator: str = "fc
     else:
         raise ParameterError(f"integrator must be 'fc' or 'kottler', got {integrator!r}")
     return I.zero_border_median(phi, border_px)
+
+
+def maps_with_phase(result: dict, geometry: Geometry, *, integrator: str = "fc") -> dict:
+    """The retriever outputs of a window-matching method (UMPA, XST/XSVT) from its plain-function result.
+
+    ``phase`` from ``result["displacement"]`` by :func:`phase_from_displacement`; ``transmission``,
+    ``visibility``, ``displacement`` (2, H, W) px = +u and ``residual`` passed through.
+    """
+    u = result["displacement"]
+    phase = phase_from_displacement(u[0], u[1], geometry, integrator=integrator)
+    return {
+        "phase": phase,
+        "transmission": result["transmission"],
+        "visibility": result["visibility"],
+        "displacement": u,
+        "residual": result["residual"],
+    }
 
 
 def argmin_subpixel(cost, max_shift: int, mode: str = "paraboloid"):

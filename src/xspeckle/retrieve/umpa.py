@@ -36,9 +36,9 @@ from xspeckle.retrieve.base import Retriever, as_stack
 from xspeckle.retrieve.tracking import (
     argmin_subpixel,
     fill_border,
-    refine_esm,
     hamming_window,
-    phase_from_displacement,
+    maps_with_phase,
+    refine_esm,
     row_chunks,
     shift_grid,
     shifted,
@@ -385,12 +385,4 @@ class UMPARetriever(Retriever):
             progress=self.progress,
             _precomputed=self._pre,
         )
-        u = r["displacement"]
-        phase = phase_from_displacement(u[0], u[1], self.geometry, integrator=self.integrator)
-        return {
-            "phase": phase,
-            "transmission": r["transmission"],
-            "visibility": r["visibility"],
-            "displacement": u,
-            "residual": r["residual"],
-        }
+        return maps_with_phase(r, self.geometry, integrator=self.integrator)

@@ -36,7 +36,7 @@ from xspeckle.retrieve.tracking import (
     argmin_subpixel,
     box_window,
     fill_border,
-    phase_from_displacement,
+    maps_with_phase,
     refine_esm,
     row_chunks,
     shift_grid,
@@ -310,12 +310,4 @@ class XSVTRetriever(Retriever):
             progress=self.progress,
             _precomputed=self._pre,
         )
-        u = r["displacement"]
-        phase = phase_from_displacement(u[0], u[1], self.geometry, integrator=self.integrator)
-        return {
-            "phase": phase,
-            "transmission": r["transmission"],
-            "visibility": r["visibility"],
-            "displacement": u,
-            "residual": r["residual"],
-        }
+        return maps_with_phase(r, self.geometry, integrator=self.integrator)
