@@ -954,6 +954,7 @@ class PWFRetriever(Retriever):
     outputs = ("phase", "transmission", "residual")
     min_positions = 1
     needs_downstream = True
+    supports_batch = True  # retrieve_batch solves a batch together (the GPU engine hands it batches)
 
     def __init__(self, reference, geometry: Geometry, **params: Any):
         super().__init__(reference, geometry, **params)
