@@ -186,3 +186,29 @@ def test_reconstruct_rejects_bad_input(tmp_path):
         f.attrs["parameters"] = "{}"
     with pytest.raises(ScanFormatError):
         reconstruct_file(p, tmp_path / "v.h5")
+
+
+def test_arrays_and_file_share_one_reconstruction(tmp_path):
+    """``xspeckle.tomo.reconstruct`` (arrays; what ``api.tomo`` wraps) and ``reconstruct_file`` (``xspeckle tomo``)
+    are one code path: same rotation-axis rule (offset axis found from the 0/180 pair), same volume."""
+    from xspeckle import api
+    from xspeckle.io.results import write_retrieval
+    from xspeckle.tomo import reconstruct
+
+    geo = Geometry(energy_ev=20000.0, pixel_size_m=2e-6, sample_detector_distance_m=0.5)
+    n, h, theta = 48, 5, np.linspace(0.0, 180.0, 73)
+    c = 25.3
+    chord = F.radon_ellipses([(1.0, 9.0, 9.0, 4.0, -2.0, 0.0)], theta, n, radius_px=1.0, center=c)
+    phase = np.repeat((-geo.wavenumber_per_m * 1e-6 * geo.pixel_size_m * chord)[:, None, :], h, axis=1)
+    phase = phase.astype(np.float32)
+    ret = write_retrieval(tmp_path / "r.h5", {"phase": phase}, method="x", parameters={}, geometry=geo,
+                          theta_deg=theta)
+    vol = reconstruct_file(ret, tmp_path / "v.h5", slab_rows=2)
+    arr = reconstruct(phase, theta, geo)
+    via_api = api.tomo(phase, theta, geo)
+    with h5py.File(vol, "r") as f:
+        assert f.attrs["center_px"] == arr["center_px"] == via_api["center_px"]
+        assert f.attrs["center_source"] == arr["center_source"] == "0/180 pair"
+        assert abs(arr["center_px"] - c) < 0.25
+        np.testing.assert_allclose(arr["delta"], f["volume/delta"][()], rtol=0, atol=1e-6 * np.abs(arr["delta"]).max())
+    np.testing.assert_array_equal(via_api["delta"], arr["delta"])

@@ -245,7 +245,7 @@ def calibrate(reference, pixel_size_m: float, **kw: Any) -> dict[str, Any]:
 def tomo(phase=None, theta_deg=None, geometry: Geometry | None = None, *, transmission=None,
          center_px: float | None = None, filter: str = "ramlak", background: str | None = "quadratic",
          method: str = "gridrec") -> dict[str, Any]:
-    """Reconstruct delta (from phase) and beta (from transmission) volumes by FBP.
+    """Reconstruct delta (from phase) and beta (from transmission) volumes by FBP: :func:`xspeckle.tomo.reconstruct`.
 
     Parameters
     ----------
@@ -259,8 +259,9 @@ def tomo(phase=None, theta_deg=None, geometry: Geometry | None = None, *, transm
     transmission : array (A, H, W), optional
         Intensity transmission (1 in air).
     center_px : float, optional
-        Rotation axis as a detector column; default from the 180-degree pair of the middle
-        rows (:func:`xspeckle.tomo.center.find_center`), else ``(W - 1) / 2``.
+        Rotation axis as a detector column; default found as ``xspeckle tomo`` does
+        (:func:`xspeckle.tomo.reconstruct`: 16 rows over the middle 80 % of the detector,
+        :func:`xspeckle.tomo.center.find_center`), else ``(W - 1) / 2``.
     filter, method : str
         FBP filter and algorithm (:func:`xspeckle.tomo.fbp.fbp`).
     background : {"quadratic", None}
@@ -269,56 +270,13 @@ def tomo(phase=None, theta_deg=None, geometry: Geometry | None = None, *, transm
     Returns
     -------
     dict with ``delta`` and/or ``beta`` ``(Z, N, N)`` float32 (dimensionless, positive in
-    matter; Z = detector rows), ``voxel_size_m`` and ``center_px``.
+    matter; Z = detector rows), ``voxel_size_m``, ``center_px`` and how the centre was found
+    (``center_source``, ``center_refinement``).
     """
-    from xspeckle.tomo.convert import beta_from_transmission, delta_from_phase, remove_background_quadratic
+    from xspeckle.tomo import reconstruct
 
-    if geometry is None or theta_deg is None:
-        raise InputError("tomo needs theta_deg (degrees) and geometry")
-    if phase is None and transmission is None:
-        raise InputError("tomo needs phase and/or transmission projections (A, H, W)")
-    theta = np.asarray(theta_deg, dtype=np.float64).reshape(-1)
-
-    def sino(x, name):
-        a = np.asarray(x, dtype=np.float32)
-        if a.ndim == 2:
-            a = a[:, None, :]
-        if a.ndim != 3 or a.shape[0] != theta.size:
-            raise InputError(f"tomo: {name} must be (A, H, W) with A = {theta.size} angles, got shape {np.shape(x)}")
-        return np.ascontiguousarray(np.moveaxis(a, 1, 0))  # (H, A, W)
-
-    sinos = {}
-    if phase is not None:
-        sinos["delta"] = sino(phase, "phase")
-    if transmission is not None:
-        sinos["beta"] = sino(transmission, "transmission")
-    first = next(iter(sinos.values()))
-    h, _, w = first.shape
-    if center_px is None:
-        from xspeckle.tomo.center import find_center
-
-        mid = first[max(0, h // 2 - 8):h // 2 + 8]
-        if "delta" not in sinos:
-            mid = -np.log(np.clip(mid, 1e-6, None))
-        try:
-            center = float(find_center(mid, theta))
-        except Exception:  # no 180-degree pair
-            center = (w - 1) / 2.0
-    else:
-        center = float(center_px)
-    k = geometry.wavenumber_per_m
-    p = geometry.pixel_size_m / geometry.magnification
-    out: dict[str, Any] = {"voxel_size_m": p, "center_px": center}
-    kw = dict(center=center, filter=filter, method=method)
-    for v, s in sinos.items():
-        if v == "delta":
-            vol = delta_from_phase(s, theta, wavenumber_per_m=k, voxel_size_m=p, **kw)
-        else:
-            vol = beta_from_transmission(s, theta, wavenumber_per_m=k, voxel_size_m=p, **kw)
-        if background == "quadratic":
-            remove_background_quadratic(vol)
-        out[v] = np.asarray(vol, dtype=np.float32)
-    return out
+    return reconstruct(phase, theta_deg, geometry, transmission=transmission, center_px=center_px, filter=filter,
+                       background=background, method=method)
 
 
 def tomo_file(retrieval_path: str | os.PathLike, out_path: str | os.PathLike, *, center_px: float | None = None,
@@ -346,16 +304,15 @@ def fsc(vol_a, vol_b, voxel_size_m: float = 1.0, *, crop=None) -> dict[str, Any]
     Returns
     -------
     dict with ``resolution_m`` (1/4 criterion), ``resolution_m_1_7`` (1/7), ``None`` where
-    the curve never crosses; ``frequency_per_m`` and ``fsc`` arrays (shells 0..Nyquist).
+    the curve never crosses; ``frequency_per_m`` and ``fsc`` arrays (shells 0..Nyquist); the
+    crossings and ``nyquist_resolution_m`` of :func:`xspeckle.analysis.fsc.fsc_summary`.
     """
-    from xspeckle.analysis.fsc import THRESHOLD_QUARTER, THRESHOLD_SEVENTH, resolution_crossing
     from xspeckle.analysis.fsc import fsc as _fsc
+    from xspeckle.analysis.fsc import fsc_summary
 
     c = _fsc(np.asarray(vol_a), np.asarray(vol_b), voxel_size_m=voxel_size_m, crop=crop)
     out: dict[str, Any] = {"frequency_per_m": c["frequency_per_m"], "fsc": c["fsc"], "voxel_size_m": float(voxel_size_m)}
-    for key, thr in (("resolution_m", THRESHOLD_QUARTER), ("resolution_m_1_7", THRESHOLD_SEVENTH)):
-        f = resolution_crossing(c["frequency_per_m"], c["fsc"], thr)
-        out[key] = None if f is None or f <= 0 else 1.0 / f
+    out.update(fsc_summary(c, voxel_size_m))
     return out
 
 

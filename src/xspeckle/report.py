@@ -251,8 +251,7 @@ class _Demo:
 
     # ------------------------------------------------------------------ tomography
     def tomography(self, size: int, angles: int, workers: int) -> None:
-        from xspeckle.api import fsc as api_fsc
-        from xspeckle.api import tomo as api_tomo
+        from xspeckle.analysis.fsc import fsc, fsc_summary
         from xspeckle.io.results import open_retrieval, open_volume
         from xspeckle.io.scan import Scan
 
@@ -266,7 +265,7 @@ class _Demo:
             return
         self.tick("retrieved every angle of tomo-beads with PWF")
         try:
-            from xspeckle.tomo.reconstruct import reconstruct_file
+            from xspeckle.tomo.reconstruct import reconstruct, reconstruct_file
         except ImportError as exc:  # the tomo module is part of xspeckle; report it rather than hide it
             self.numbers["unavailable"]["tomo"] = str(exc)
             self.tick("tomography unavailable")
@@ -303,8 +302,9 @@ class _Demo:
             tomo_nums["note"] = f"truth volume {d_true.shape} and reconstruction {delta.shape} differ in shape"
         # FSC of two independent half-scans (even / odd angles), reconstructed the same way
         t0 = time.perf_counter()
-        halves = [api_tomo(phase[i::2], theta[i::2], geom, center_px=center)["delta"] for i in (0, 1)]
-        f = api_fsc(halves[0], halves[1], voxel)
+        halves = [reconstruct(phase[i::2], theta[i::2], geom, center_px=center)["delta"] for i in (0, 1)]
+        f = fsc(halves[0], halves[1], voxel_size_m=voxel)
+        f.update(fsc_summary(f, voxel))
         self.numbers["timings_s"]["FSC (two half-scan FBPs)"] = round(time.perf_counter() - t0, 3)
         tomo_nums["fsc_resolution_m"] = f["resolution_m"]
         tomo_nums["fsc_resolution_m_1_7"] = f["resolution_m_1_7"]

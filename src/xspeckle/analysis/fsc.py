@@ -35,6 +35,7 @@ __all__ = [
     "fsc",
     "frc",
     "fsc_average",
+    "fsc_summary",
     "fsc_random_pairs",
     "random_pairs",
     "resolution_crossing",
@@ -169,7 +170,21 @@ def resolution_crossing(freq, curve, threshold: float) -> float | None:
     return float(f[i - 1] + t * (f[i] - f[i - 1]))
 
 
-def _summary(curve: dict, voxel_size_m: float) -> dict[str, Any]:
+def fsc_summary(curve: dict, voxel_size_m: float) -> dict[str, Any]:
+    """Resolutions of an FSC curve by the 1/4 and 1/7 criteria.
+
+    Parameters
+    ----------
+    curve : dict
+        ``frequency_per_m`` and ``fsc`` (as :func:`fsc` returns).
+    voxel_size_m : float
+
+    Returns
+    -------
+    dict: ``resolution_m`` (1/4), ``resolution_m_1_7`` (1/7) — 1/crossing frequency in m, None where the
+    curve never crosses — ``crossing_per_m``, ``crossing_per_m_1_7`` (1/m or None) and
+    ``nyquist_resolution_m`` (2 voxels).
+    """
     out: dict[str, Any] = {}
     for key, thr in (("resolution_m", THRESHOLD_QUARTER), ("resolution_m_1_7", THRESHOLD_SEVENTH)):
         k = resolution_crossing(curve["frequency_per_m"], curve["fsc"], thr)
@@ -203,7 +218,7 @@ def fsc_average(pairs, *, voxel_size_m: float = 1.0, crop=None) -> dict[str, Any
         raise InputError("fsc_average: no pair given")
     cs = np.stack(curves)
     out: dict[str, Any] = {"frequency_per_m": freq, "fsc": cs.mean(axis=0), "fsc_std": cs.std(axis=0), "n_pairs": len(curves)}
-    out.update(_summary(out, voxel_size_m))
+    out.update(fsc_summary(out, voxel_size_m))
     return out
 
 
@@ -357,6 +372,6 @@ def fsc_files(
         b = np.asarray(vb.dataset(dataset)[sl], dtype=np.float32)
         vs = va.voxel_size_m
     r = fsc(a, b, voxel_size_m=vs)
-    r.update(_summary(r, vs))
+    r.update(fsc_summary(r, vs))
     r.pop("frequency_per_px")
     return _jsonable_result(r, vs, dataset, a.shape)
