@@ -544,10 +544,15 @@ def test_help_lists_come_from_the_registries(capsys, monkeypatch):
         assert re.search(rf"^ +{re.escape(name)}$", out, re.M), name
     monkeypatch.setitem(PRESETS, "zz-new-preset", "added by a test")
     monkeypatch.setitem(METHODS, "zz-new-method", ("xspeckle.no_such_module", "Nope"))
+    monkeypatch.setitem(METHODS, "zz-needs-dep", ("zz_not_installed_pkg.mod", "Nope"))
     _, out, _ = cli(capsys, "simulate", "--help")
     assert "zz-new-preset" in out and "added by a test" in out
     _, out, _ = cli(capsys, "retrieve", "--help")
-    assert "zz-new-method" in out and "not available in this installation" in out
+    # a registry line pointing into xspeckle at nothing is broken (shown with its cause, not hidden);
+    # a missing third-party package is "not available" with what to install
+    assert re.search(r"zz-new-method +BROKEN: method 'zz-new-method' is broken: .*xspeckle.no_such_module", out)
+    assert re.search(r"zz-needs-dep +\(not available in this installation: .*needs missing dependency "
+                     r"'zz_not_installed_pkg' \(pip install zz_not_installed_pkg\)", out)
 
 
 def test_progress_bar_takes_fractions_and_starts_without_none(monkeypatch):

@@ -704,23 +704,33 @@ def _usage_message(e) -> str:
 
 
 def _methods_help() -> str:
-    """The ``--method`` list for ``retrieve --help``, from the registry ``xspeckle.retrieve.METHODS``."""
-    from xspeckle.errors import MethodUnavailableError as _Unavailable
-    from xspeckle.retrieve import METHODS, get_method
+    """The ``--method`` list for ``retrieve --help``, from the registry ``xspeckle.retrieve.METHODS``.
+
+    Per method: minimum positions and outputs (Retriever ``min_positions``, ``outputs``), its one-line
+    ``summary`` (else the first line of its docstring) and its ``--param`` keys; a method whose optional
+    dependency is missing says which, and a broken one says so with the cause (never hidden).
+    """
+    from xspeckle.retrieve import METHODS, method_status
     from xspeckle.retrieve.params import parameter_names
 
     rows = []
+    pad = " " * 20
     for name in METHODS:
-        try:
-            cls = get_method(name)
-        except _Unavailable:
-            rows.append(f"  {name:17s} (not available in this installation)")
+        status, cls = method_status(name)
+        if status == "unavailable":
+            rows.append(f"  {name:17s} (not available in this installation: {cls})")
+            continue
+        if status == "broken":
+            rows.append(f"  {name:17s} BROKEN: {cls}")
             continue
         outs = ", ".join(getattr(cls, "outputs", ()) or ())
         rows.append(f"  {name:17s} >= {int(getattr(cls, 'min_positions', 1))} position(s): {outs}")
+        summary = getattr(cls, "summary", "") or (cls.__doc__ or "").strip().split("\n")[0]
+        if summary:
+            rows.append(f"{pad}{' '.join(summary.split())}")
         keys = parameter_names(cls)
         ktxt = ", ".join(keys) if keys is not None else "its own list (an unknown key prints it)"
-        rows.append(f"  {'':17s} --param keys: {ktxt}")
+        rows.append(f"{pad}--param keys: {ktxt}")
     return "Methods (--method):\n\n\b\n" + "\n".join(rows)
 
 

@@ -528,6 +528,7 @@ class LCSRetriever(Retriever):
     """
 
     name = "lcs"
+    summary = "LCS implicit speckle tracking (Quénot et al., Optica 2021)"
     outputs = ("phase", "transmission", "displacement", "residual")
     min_positions = 3
     _variant = "lcs"
@@ -573,6 +574,7 @@ class LCSDFRetriever(LCSRetriever):
     """LCS-DF (methods.md §1.6): adds ``diffusion`` (D_eff = c·p²/d, m) and ``visibility``."""
 
     name = "lcs-df"
+    summary = "LCS with an isotropic dark-field term (methods.md §1.6)"
     outputs = ("phase", "transmission", "diffusion", "visibility", "displacement", "residual")
     min_positions = 4
     _variant = "df"
@@ -584,6 +586,7 @@ class LCSDDFRetriever(LCSRetriever):
     ``diffusion`` = (D_xx + D_yy)/2 and ``visibility``."""
 
     name = "lcs-ddf"
+    summary = "LCS with a directional dark-field term (methods.md §1.7)"
     outputs = ("phase", "transmission", "diffusion", "diffusion_tensor", "visibility", "displacement", "residual")
     min_positions = 6
     _variant = "ddf"

@@ -219,6 +219,8 @@ class MISTRetriever(Retriever):
     """
 
     name: ClassVar[str] = "mist"
+    summary: ClassVar[str] = ("Multimodal Intrinsic Speckle Tracking (Pavlov 2020); model=attenuating (Alloo 2022), "
+                              "rapid (Alloo 2023), transport")
     outputs: ClassVar[tuple[str, ...]] = ("phase", "transmission", "diffusion", "displacement", "residual")
     min_positions: ClassVar[int] = 2
 

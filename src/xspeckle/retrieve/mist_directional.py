@@ -82,6 +82,7 @@ class DirectionalMISTRetriever(Retriever):
     """
 
     name: ClassVar[str] = "mist-directional"
+    summary: ClassVar[str] = "directional MIST: the diffusion tensor (Pavlov 2020 Eq. 9-10)"
     outputs: ClassVar[tuple[str, ...]] = ("phase", "transmission", "diffusion", "diffusion_tensor", "residual")
     min_positions: ClassVar[int] = 4
 

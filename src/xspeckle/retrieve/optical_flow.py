@@ -149,6 +149,7 @@ class OpticalFlowRetriever(Retriever):
     """
 
     name = "of"
+    summary = "geometric-flow optical-flow speckle tracking (Paganin et al. 2018)"
     outputs = ("phase", "transmission", "displacement", "residual")
     min_positions = 1
 

@@ -105,6 +105,7 @@ class TIERetriever(Retriever):
     """
 
     name: ClassVar[str] = "tie"
+    summary: ClassVar[str] = "single-material speckle TIE (Pavlov et al., PRApplied 2020); needs gamma = delta/beta"
     outputs: ClassVar[tuple[str, ...]] = ("phase", "transmission")
     min_positions: ClassVar[int] = 1
 

@@ -329,6 +329,7 @@ class UMPARetriever(Retriever):
     """
 
     name = "umpa"
+    summary = "Unified Modulated Pattern Analysis (Zdora et al., PRL 2017)"
     outputs = ("phase", "transmission", "visibility", "displacement", "residual")
     min_positions = 1
 

@@ -257,6 +257,7 @@ class XSVTRetriever(Retriever):
     """
 
     name = "xsvt"
+    summary = "X-ray speckle (vector) tracking by ZNCC, XST for one pair (Berujon et al.)"
     outputs = ("phase", "transmission", "visibility", "displacement", "residual")
     min_positions = 1
 
