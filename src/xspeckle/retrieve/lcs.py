@@ -20,23 +20,19 @@ Dark field: ``c`` is in px² and ``D_eff = c·p²/d`` (methods.md §0, §1.6); t
 is ``D_xy = c_xy·p²/(2d)`` because the Fokker–Planck term carries ``2∂_xy(D_xy I)`` (design.md).
 
 Derivatives: first derivatives by central differences (``np.gradient``, ``derivative="central"``, the
-peers' choice) by default, chosen by measurement (benchmarks/results/tracking.md, "LCS defaults"): on
-the smooth-refraction set (``tracking-shift``, |u| ≤ 2 px, 2048², N = 10) the 9-point stencil
-(``derivative="fd8"``, exact for infinitesimal shifts) gives LCS-DF a phase slope of 0.88 without
-refinement, the central stencil 0.97 (= mbipy and LCS-Retrieval): the 2-point difference is the secant
-over ±1 px, which is what a 1 px speckle shift samples, and it amplifies reference noise less (noise in
-the design matrix biases the least-squares slope towards 0); on its own it over-reads small shifts of
-fine speckle (gain k/sin k, +10 % at 0.3 px in tests/test_lcs.py).  Second derivatives as in
+peers' choice) by default, chosen by measurement on the smooth-refraction set (``tracking-shift``): the
+2-point difference is the secant over ±1 px, which is what a 1 px speckle shift samples, and it amplifies
+reference noise less than the 9-point stencil (``derivative="fd8"``, exact for infinitesimal shifts; noise
+in the design matrix biases the least-squares slope towards 0); on its own it over-reads small shifts of
+fine speckle (gain k/sin k, tested in tests/test_lcs.py).  Second derivatives as in
 ``retrieve.derivatives`` (5-point Laplacian, 3-point Hessian, methods.md §0).
 
 Refinement (``refine``, default 2): the sample is resampled at ``r + u`` (cubic B-spline,
 :func:`warp_cubic`) and the increment solved with the SAME precomputed matrices (inverse-compositional
-Gauss–Newton, Baker & Matthews IJCV 2004).  Measured (tracking.md): LCS-DF phase slope 0.97 → 0.999 and
-phase error 5.3 % → 0.2 % on ``tracking-shift`` at 2048², N = 10; at 256² 13.0 → 10.5 % on
-``pwf-beads`` and 17.4 → 17.1 % on ``mist-berry`` (one pass alone is worse there, 21.5 %: two passes
-are better than none on every set tried); LCS on the independent ``indep-beads`` simulation 0.076 →
-0.058 (the previous default, 9-point without refinement, 0.095).  Cost: two warps and two solves more
-per projection (≈ 10-16× the plain solve; the timings in tracking.md).
+Gauss–Newton, Baker & Matthews IJCV 2004): it removes the first-order model's under-reading of ~1 px
+shifts, at the cost of two warps and two solves more per projection; two passes were better than none on
+every set tried.  Slopes, phase errors and timings of both choices: docs/benchmarks.md, "LCS defaults"
+(``benchmarks/bench_tracking.py``).
 """
 
 from __future__ import annotations

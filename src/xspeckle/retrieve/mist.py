@@ -35,8 +35,8 @@ Models (``model=`` of :class:`MISTRetriever`, and plain functions):
 
 **Blur calibration** (our extension, opt-in with ``blur_calibration=True``): the models are
 first order in ΔD (exp(ΔD∇²) ≈ 1 + ΔD∇²), so a blur σ = sqrt(2ΔD) approaching the speckle
-size is underestimated (≈ 0.67× at σ ≈ 1.1 px on the mist-berry speckle).  At construction the
-estimator is run on a central crop of the reference diffused by the exact Fokker–Planck
+size is underestimated (tests/test_mist.py::test_blur_calibration_beyond_first_order, σ ≈ 1.1 px).
+At construction the estimator is run on a central crop of the reference diffused by the exact Fokker–Planck
 solution for a ladder of uniform D (Gaussian of covariance 2ΔD); the monotone curve
 D_true ↦ median D_estimate is inverted per pixel (for the tensor: applied to its eigenvalues).
 The default (``False``) gives the paper's first-order estimate, comparable with published maps.
@@ -181,8 +181,8 @@ class MISTRetriever(Retriever):
     epsilon_per_m2 : float or "auto", optional
         Tikhonov ε (m⁻²) of the inverse Laplacian.  Default ``"auto"``: chosen per projection from
         the data by :func:`auto_epsilon_per_m2` (minimum estimated phase risk, capped at
-        0.03·k_min²; within 1.11× of ε = 0 and of mbipy on every synthetic set measured, up to 1.12×
-        better with noise or dark field — benchmarks/results/mist.md), the value used is in
+        0.03·k_min²; its phase error against ε = 0 and mbipy: docs/benchmarks.md, "MIST
+        regularisation"), the value used is in
         ``last_epsilon_per_m2``; a number fixes it (:func:`default_epsilon_per_m2` gives the former
         default 0.1·k_min²).  ``model="rapid"`` defaults to Alloo 2023's 1e-5 µm⁻² = 1e7 m⁻².
     gamma : float, optional
