@@ -173,10 +173,11 @@ def test_dask_run_with_no_live_worker_fails_naming_the_cause(tmp_path, small_sca
     distributed = pytest.importorskip("distributed")
     import xspeckle.scheduler
     from xspeckle.errors import InputError
-    from xspeckle.pipeline import _Dask, partial_path, retrieve_scan
+    from xspeckle.pipeline import partial_path, retrieve_scan
+    from xspeckle.pipeline.engines import DaskEngine
 
     monkeypatch.setattr(xspeckle.scheduler, "NO_WORKER_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(_Dask, "POLL_S", 0.2)
+    monkeypatch.setattr(DaskEngine, "POLL_S", 0.2)
     said = []
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
                                   silence_logs=50) as cl:
@@ -200,9 +201,10 @@ def test_progress_inside_one_projection(tmp_path, method, monkeypatch):
     """Case 12: a single long projection reports fractional progress (rows), and the maps are
     the same as without progress."""
     import xspeckle.pipeline as pl
+    import xspeckle.pipeline.engines
     from xspeckle.io.results import open_retrieval
 
-    monkeypatch.setattr(pl, "INNER_PROGRESS_S", 0.0)
+    monkeypatch.setattr(xspeckle.pipeline.engines, "INNER_PROGRESS_S", 0.0)
     rng = np.random.default_rng(3)
     p, h, w = 2, 160, 40
     from scipy.ndimage import gaussian_filter
@@ -225,9 +227,10 @@ def test_progress_inside_one_projection(tmp_path, method, monkeypatch):
 def test_pwf_iterations_reach_the_progress_callback(tmp_path, monkeypatch):
     """Case 12, PWF: its solver's progress(iteration, max_iter) becomes fractional angles."""
     import xspeckle.pipeline as pl
+    import xspeckle.pipeline.engines
     from xspeckle.simulate import simulate_preset
 
-    monkeypatch.setattr(pl, "INNER_PROGRESS_S", 0.0)
+    monkeypatch.setattr(xspeckle.pipeline.engines, "INNER_PROGRESS_S", 0.0)
     scan = simulate_preset("pwf-beads", tmp_path / "pwf.h5", size=32)
     calls = []
     pl.retrieve_scan(scan, tmp_path / "o.h5", method="pwf", positions=[0], params={"max_iter": 60, "min_iter": 10},
@@ -267,9 +270,9 @@ def test_dask_failures_become_one_line():
     load the task are user-side failures: one line each (checked by .ci/dask_faults.sh on a real
     cluster with kill -9); anything else stays a bug (re-raised unchanged)."""
     from xspeckle.errors import InputError
-    from xspeckle.pipeline import _Dask
+    from xspeckle.pipeline.engines import DaskEngine
 
-    d = _Dask.__new__(_Dask)
+    d = DaskEngine.__new__(DaskEngine)
     d.address = "tcp://10.0.0.1:8786"
     FuturesCancelledError = type("FuturesCancelledError", (Exception,), {})
     KilledWorker = type("KilledWorker", (Exception,), {})

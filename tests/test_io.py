@@ -247,30 +247,58 @@ def test_retrieval_roundtrip(tmp_path, small_geometry):
 
 
 def test_retrieval_writer_streams_and_resumes(tmp_path, small_geometry):
-    tmp = tmp_path / ".out.h5.partial"
+    from xspeckle.io.partial import partial_path
+
+    tmp = partial_path(tmp_path / "out.h5")
+    assert tmp.name == ".out.h5.partial"
     shapes = {"phase": (8, 10), "displacement": (2, 8, 10)}
-    w = RetrievalWriter(tmp, shapes, n_angles=3, method="umpa", geometry=small_geometry, theta_deg=[0, 60, 120])
+    header = dict(method="umpa", parameters={"window": 5}, pipeline={}, geometry_attrs=small_geometry.to_attrs(),
+                  theta_deg=[0, 60, 120])
+    w = RetrievalWriter.create(tmp, shapes=shapes, n_angles=3, digest="h1", **header)
     w.write(0, {"phase": np.full((8, 10), 1.0), "displacement": np.full((2, 8, 10), 2.0)})
     w.close()
-    w = RetrievalWriter(tmp, shapes, n_angles=3, method="umpa", resume=True)
-    assert w.done.tolist() == [True, False, False]
+    w, why = RetrievalWriter.try_open(tmp, "h1", 3)
+    assert why == "" and w.done.tolist() == [True, False, False]
     with pytest.raises(ScanFormatError, match="not written"):
         w.commit(tmp_path / "out.h5")
     for i in (1, 2):
         w.write(i, {"phase": np.full((8, 10), i + 1.0), "displacement": np.full((2, 8, 10), 5.0)})
     with pytest.raises(ScanFormatError, match="expected \\(8, 10\\)"):
         w.write(1, {"phase": np.zeros((8, 9)), "displacement": np.zeros((2, 8, 10))})
-    w.set_parameters({"window": 5})
     final = w.commit(tmp_path / "out.h5")
     assert not tmp.exists()
     with open_retrieval(final) as r:
-        assert r.complete and r.parameters == {"window": 5}
+        assert r.complete and r.parameters == {"window": 5} and r.geometry == small_geometry
         np.testing.assert_array_equal(r["phase"][:, 0, 0], [1, 2, 3])
         assert r["displacement"].shape == (2, 3, 8, 10)
         with h5py.File(final) as f:
             assert f["retrieval/phase"].chunks == (1, 8, 10)
-    with pytest.raises(ScanFormatError, match="cannot resume"):
-        RetrievalWriter(final, shapes, n_angles=3, method="mist", resume=True)
+            assert f["retrieval/displacement"].attrs["components"] == "x,y"
+    # a partial file of other inputs (another hash), or not a partial file, is not resumed
+    w = RetrievalWriter.create(tmp, shapes=shapes, n_angles=3, digest="h1", **header)
+    w.close()
+    assert RetrievalWriter.try_open(tmp, "h2", 3) == (None, "the partial file was made with other inputs or parameters")
+    other = write_retrieval(tmp_path / "whole.h5", {"phase": np.zeros((3, 8, 10))}, method="umpa", parameters={},
+                            geometry=None, theta_deg=None)
+    assert RetrievalWriter.try_open(other, "h1", 3) == (None, "whole.h5 is not an xspeckle partial file")
+    with pytest.raises(ScanFormatError, match="not one of"):
+        RetrievalWriter.create(tmp, shapes={"phaze": (8, 10)}, n_angles=3, digest="h1", **header)
+
+
+def test_one_retrieval_writer_class():
+    """Issue 17: the pipeline's resumable writer is the only angle-by-angle writer of retrieval files."""
+    import inspect
+    from pathlib import Path
+
+    import xspeckle
+    from xspeckle.io.partial import RetrievalWriter as W
+    from xspeckle.pipeline import run
+
+    assert RetrievalWriter is W and run.RetrievalWriter is W
+    src = Path(inspect.getfile(xspeckle)).parent
+    writers = [p.relative_to(src).as_posix() for p in src.rglob("*.py")
+               if "progress/angles_done" in p.read_text() and "create_dataset(\"angles_done\"" in p.read_text()]
+    assert writers == ["io/partial.py"], writers
 
 
 def test_volume_roundtrip(tmp_path, small_geometry):

@@ -1,7 +1,8 @@
 """File input/output: scan, retrieval and volume files (``interfaces.md``) and importers.
 
 * :mod:`xspeckle.io.scan` — :class:`Scan` (lazy reader), :func:`write_scan`, :func:`save_scan`
-* :mod:`xspeckle.io.results` — retrieval and volume files, :class:`RetrievalWriter`
+* :mod:`xspeckle.io.results` — retrieval and volume files (whole arrays), readers
+* :mod:`xspeckle.io.partial` — :class:`RetrievalWriter`, the resumable angle-by-angle writer
 * :mod:`xspeckle.io.tiff` — TIFF/EDF/npy frame stacks + YAML/JSON sidecar -> scan
 * :mod:`xspeckle.io.nexus` — NeXus NXtomo and DXchange readers
 * :mod:`xspeckle.io.edf` — EDF frames via fabio (extra ``xspeckle[edf]``)
@@ -10,9 +11,9 @@
 
 from xspeckle.io.atomic import atomic_path, check_output_path
 from xspeckle.io.nexus import detect_format, import_hdf5, open_any, read_dxchange, read_nxtomo
+from xspeckle.io.partial import RetrievalWriter
 from xspeckle.io.results import (
     Retrieval,
-    RetrievalWriter,
     Volume,
     open_retrieval,
     open_volume,

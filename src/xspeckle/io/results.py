@@ -18,8 +18,9 @@ Volume file (output of ``xspeckle tomo``)::
     /volume/delta, /volume/beta [, /volume/diffusion]   (Z, Y, X) float32
     /volume attribute voxel_size_m
 
-:class:`RetrievalWriter` creates the retrieval datasets chunked one angle per chunk
-and fills them angle by angle (streaming pipeline, resumable).
+:func:`write_retrieval` writes whole arrays at once; the streaming pipeline writes angle by
+angle, resumably, with :class:`xspeckle.io.partial.RetrievalWriter` (same layout, units and
+components from :data:`RETRIEVAL_UNITS` and :data:`RETRIEVAL_COMPONENTS`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ __all__ = [
     "open_volume",
     "Retrieval",
     "Volume",
-    "RetrievalWriter",
 ]
 
 #: units attribute of every retrieval dataset (interfaces.md)
@@ -172,171 +172,6 @@ def write_retrieval(
                 if name in RETRIEVAL_COMPONENTS:
                     d.attrs["components"] = ",".join(RETRIEVAL_COMPONENTS[name])
     return Path(path)
-
-
-class RetrievalWriter:
-    """Incremental retrieval-file writer: one angle at a time, resumable.
-
-    The file is written *in place* at ``path`` (give a temporary name and rename it
-    yourself, or call :meth:`commit`).  Datasets are created chunked one angle per
-    chunk; ``/progress/angles_done`` ``(A,)`` uint8 records the finished angles so an
-    interrupted run can resume (``resume=True``).
-
-    Parameters
-    ----------
-    path : path-like
-        File to write (usually a temporary name next to the final output).
-    names_shapes : mapping name -> per-angle shape
-        ``(H, W)`` for maps, ``(3, H, W)`` for ``diffusion_tensor``, ``(2, H, W)`` for
-        ``displacement`` (the shapes a Retriever returns).
-    n_angles : int
-        Number of rotation angles A.
-    method : str
-    parameters : mapping, optional
-        Effective parameters (JSON); can be updated later with :meth:`set_parameters`.
-    geometry : Geometry, optional
-    theta_deg : array (A,), optional
-    resume : bool
-        Open an existing file at *path* written with the same names and shapes and
-        continue; otherwise an existing file is replaced.
-
-    Examples
-    --------
-    >>> w = RetrievalWriter(tmp, {"phase": (H, W)}, n_angles=A, method="mist")  # doctest: +SKIP
-    >>> for i in range(A):                                                     # doctest: +SKIP
-    ...     if not w.done[i]: w.write(i, retriever(sample(i)))
-    >>> w.commit(final_path)                                                   # doctest: +SKIP
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        names_shapes: Mapping[str, Sequence[int]],
-        *,
-        n_angles: int,
-        method: str,
-        parameters: Mapping[str, Any] | None = None,
-        geometry: Geometry | None = None,
-        theta_deg: Sequence[float] | np.ndarray | None = None,
-        resume: bool = False,
-    ):
-        self.path = Path(path)
-        self.n_angles = int(n_angles)
-        if self.n_angles < 1:
-            raise ScanFormatError(f"RetrievalWriter: n_angles must be >= 1, got {n_angles}")
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        for name, shp in names_shapes.items():
-            _check_name(name)
-            shp = tuple(int(s) for s in shp)
-            if name in RETRIEVAL_COMPONENTS:
-                nc = len(RETRIEVAL_COMPONENTS[name])
-                if len(shp) != 3 or shp[0] != nc:
-                    raise ScanFormatError(f"RetrievalWriter: {name} per-angle shape must be ({nc}, H, W), got {shp}")
-            elif len(shp) != 2:
-                raise ScanFormatError(f"RetrievalWriter: {name} per-angle shape must be (H, W), got {shp}")
-            self.shapes[name] = shp
-        if not self.shapes:
-            raise ScanFormatError("RetrievalWriter: no output map given")
-        if theta_deg is not None and np.asarray(theta_deg).size != self.n_angles:
-            raise ScanFormatError(f"RetrievalWriter: theta_deg has {np.asarray(theta_deg).size} angles, expected {self.n_angles}")
-        if resume and self.path.exists():
-            self._f = open_h5(self.path, "r+")
-            self._check_resume(method)
-        else:
-            if self.path.exists():
-                self.path.unlink()
-            self._f = open_h5(self.path, "w")
-            _write_header(self._f, method=method, parameters=parameters, geometry=geometry, theta_deg=theta_deg)
-            g = self._f.create_group("retrieval")
-            for name, shp in self.shapes.items():
-                if len(shp) == 3:
-                    full, chunks = (shp[0], self.n_angles) + shp[1:], (1, 1) + shp[1:]
-                else:
-                    full, chunks = (self.n_angles,) + shp, (1,) + shp
-                d = g.create_dataset(name, shape=full, dtype=np.float32, chunks=chunks, fillvalue=np.nan)
-                d.attrs["units"] = RETRIEVAL_UNITS[name]
-                if name in RETRIEVAL_COMPONENTS:
-                    d.attrs["components"] = ",".join(RETRIEVAL_COMPONENTS[name])
-            self._f.create_group("progress").create_dataset("angles_done", data=np.zeros(self.n_angles, np.uint8))
-            self._f.flush()
-        if parameters is not None and resume:
-            self.set_parameters(parameters)
-
-    def _check_resume(self, method: str) -> None:
-        f = self._f
-        found = f.attrs.get("method")
-        if found != method or "progress/angles_done" not in f:
-            f.close()
-            raise ScanFormatError(f"{self.path}: cannot resume: written by method {found!r} or not a partial file; remove it")
-        for name, shp in self.shapes.items():
-            d = f.get(f"retrieval/{name}")
-            full = (shp[0], self.n_angles) + shp[1:] if len(shp) == 3 else (self.n_angles,) + shp
-            if d is None or d.shape != full:
-                f.close()
-                raise ScanFormatError(f"{self.path}: cannot resume: /retrieval/{name} missing or of another shape")
-
-    @property
-    def done(self) -> np.ndarray:
-        """Boolean ``(A,)`` mask of the angles already written."""
-        return np.asarray(self._f["progress/angles_done"][()], dtype=bool)
-
-    def set_parameters(self, parameters: Mapping[str, Any]) -> None:
-        """Replace the ``parameters`` root attribute (JSON text)."""
-        self._f.attrs["parameters"] = _parameters_json(parameters)
-
-    def write(self, angle_index: int, outputs: Mapping[str, Any]) -> None:
-        """Write the maps of one angle.
-
-        Parameters
-        ----------
-        angle_index : int
-            0 <= angle_index < A.
-        outputs : mapping name -> array
-            Per-angle maps as returned by a Retriever (NumPy or CuPy; copied to the host).
-            Keys not declared at construction are ignored.
-        """
-        i = int(angle_index)
-        if not 0 <= i < self.n_angles:
-            raise ScanFormatError(f"RetrievalWriter: angle index {i} out of range 0..{self.n_angles - 1}")
-        from xspeckle.backend import asnumpy
-
-        missing = [n for n in self.shapes if n not in outputs]
-        if missing:
-            raise ScanFormatError(f"RetrievalWriter: outputs for angle {i} lack {', '.join(missing)}")
-        g = self._f["retrieval"]
-        for name, shp in self.shapes.items():
-            a = np.asarray(asnumpy(outputs[name]), dtype=np.float32)
-            if a.shape != shp:
-                raise ScanFormatError(f"RetrievalWriter: {name} of angle {i} has shape {a.shape}, expected {shp}")
-            if len(shp) == 3:
-                g[name][:, i] = a
-            else:
-                g[name][i] = a
-        self._f["progress/angles_done"][i] = 1
-        self._f.flush()
-
-    def close(self) -> None:
-        """Flush and close the file (it stays at :attr:`path`)."""
-        if self._f.id.valid:
-            self._f.close()
-
-    def commit(self, final_path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Close and rename onto *final_path*; every angle must have been written."""
-        if not self.done.all():
-            n = int((~self.done).sum())
-            raise ScanFormatError(f"{self.path}: {n} angle(s) not written yet; cannot finish the retrieval file")
-        self.close()
-        from xspeckle.io.atomic import check_output_path
-
-        final = check_output_path(final_path, overwrite=overwrite)
-        os.replace(self.path, final)
-        return final
-
-    def __enter__(self) -> "RetrievalWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _require_attr(f: h5py.File, path: Path, key: str, where: str = "/"):

@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from xspeckle._version import __version__
-from xspeckle.errors import GeometryError, ScanFormatError
+from xspeckle.errors import GeometryError, InputError, ScanFormatError
 from xspeckle.geometry import Geometry
 from xspeckle.io.atomic import atomic_path
 
@@ -117,9 +117,6 @@ def parse_positions(positions: Sequence[int] | str | None, n: int, path: Any = "
     if len(set(out)) != len(out):
         raise ScanFormatError(f"{path}: --positions lists a position twice: {out}")
     return out
-
-
-_parse_positions = parse_positions  # backward-compatible alias
 
 
 _DATASET_HELP = {
@@ -285,29 +282,76 @@ class _ScanBase:
                 self._cache["scale"] = m
         return self._cache["scale"]
 
-    def normalised_reference(self, positions=None) -> np.ndarray:
-        """Reference frames dark-subtracted and flat-normalised, ``(P', H, W)`` float32, ≈ 1.
+    def _flat_angles(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Degrees at which each flat and the references were taken (``/exchange/theta_white``, ``theta_reference``)."""
+        return None, None
 
-        Without a flat field the frames are divided by :meth:`intensity_scale` instead.
+    def _flat_groups(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """Flats averaged per position of ``/exchange/theta_white``: ``(groups (G, H, W), degrees (G,))``, cached."""
+        if "flat_groups" not in self._cache:
+            from xspeckle.preprocess import flat_groups
+
+            raw = self._raw_white()
+            if raw is None:
+                raise InputError(f"{self.path}: flat_mode={mode!r} needs flat fields (/exchange/data_white); the scan has none")
+            pos = self._flat_angles()[0]
+            if pos is None:
+                raise InputError(
+                    f"{self.path}: flat_mode={mode!r} needs /exchange/theta_white (the angle, in degrees, at which each "
+                    "flat was taken); add it or use flat_mode='mean'"
+                )
+            self._cache["flat_groups"] = flat_groups(np.asarray(raw[()], np.float32), pos)
+        return self._cache["flat_groups"]
+
+    def effective_flat_dark(self, angle_deg: float | None = None, *,
+                            flat_mode: str = "mean") -> tuple[np.ndarray, np.ndarray | None]:
+        """The flat and dark that normalise this scan, ``preprocess.normalise(frames, flat, dark)`` ~ 1 (decided here only).
+
+        Parameters
+        ----------
+        angle_deg : float, optional
+            Rotation angle (degrees) of the frames to normalise; None for the reference frames.
+        flat_mode : {"mean", "nearest", "linear"}
+            ``"mean"``: the mean flat; without flats ``dark + intensity_scale()``, so that ``(I - dark) / (flat - dark)``
+            divides by the mean dark-subtracted reference.  ``"nearest"``/``"linear"`` (flat drift): flats grouped by
+            ``/exchange/theta_white`` (degrees), :func:`xspeckle.preprocess.flat_for_angle` at *angle_deg*; the
+            references use ``/exchange/theta_reference`` (first value) when present, else the mean of the groups.
+
+        Returns
+        -------
+        (flat (H, W) float32, dark (H, W) float32 or None)
         """
+        from xspeckle.preprocess import FLAT_MODES, flat_for_angle
+
+        if flat_mode not in FLAT_MODES:
+            raise InputError(f"flat_mode must be one of {', '.join(FLAT_MODES)}, got {flat_mode!r}")
+        if flat_mode == "mean":
+            if "effective_flat" not in self._cache:
+                flat, scale = self.flat(), np.float32(self.intensity_scale())
+                if flat is None:  # (I - D) / ((D + s) - D): intensities ~ 1 whatever the detector's counts
+                    flat = (self.dark() + scale) if self.has_dark else np.full(self.frame_shape, scale, np.float32)
+                self._cache["effective_flat"] = flat
+            return self._cache["effective_flat"], self.dark()
+        groups, gpos = self._flat_groups(flat_mode)
+        if angle_deg is not None:
+            return flat_for_angle(groups, gpos, float(angle_deg), flat_mode), self.dark()
+        ref_pos = self._flat_angles()[1]
+        flat = groups.mean(axis=0) if ref_pos is None else flat_for_angle(groups, gpos, float(ref_pos.ravel()[0]), flat_mode)
+        return flat, self.dark()
+
+    def normalised_reference(self, positions=None, *, flat_mode: str = "mean") -> np.ndarray:
+        """Reference frames dark-subtracted and flat-normalised (:meth:`effective_flat_dark`), ``(P', H, W)`` ~ 1."""
         from xspeckle.preprocess import normalise
 
-        out = normalise(self.reference(positions), self.flat(), self.dark())
-        if not self.has_flat:
-            out *= np.float32(1.0 / self.intensity_scale())
-        return out
+        return normalise(self.reference(positions), *self.effective_flat_dark(None, flat_mode=flat_mode))
 
-    def normalised_sample(self, angle: int, positions=None) -> np.ndarray:
-        """Sample frames of one angle, dark-subtracted and flat-normalised, ``(P', H, W)`` float32.
-
-        Without a flat field the frames are divided by :meth:`intensity_scale` instead.
-        """
+    def normalised_sample(self, angle: int, positions=None, *, flat_mode: str = "mean") -> np.ndarray:
+        """Sample frames of one angle, dark-subtracted and flat-normalised (:meth:`effective_flat_dark` at its
+        ``theta_deg``), ``(P', H, W)`` float32; without a flat field divided by :meth:`intensity_scale` instead."""
         from xspeckle.preprocess import normalise
 
-        out = normalise(self.sample(angle, positions), self.flat(), self.dark())
-        if not self.has_flat:
-            out *= np.float32(1.0 / self.intensity_scale())
-        return out
+        raw = self.sample(angle, positions)
+        return normalise(raw, *self.effective_flat_dark(float(self.theta_deg[int(angle)]), flat_mode=flat_mode))
 
     def truth(self) -> dict[str, Any]:
         return {}
@@ -488,6 +532,10 @@ class Scan(_ScanBase):
     def _raw_dark(self):
         """The dark-frame dataset (lazy h5py dataset), or None."""
         return self._dark
+
+    def _flat_angles(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        ds = [self._f.get(f"exchange/{k}") for k in ("theta_white", "theta_reference")]
+        return tuple(None if d is None else np.asarray(self._read(d, (), d.name), np.float64) for d in ds)
 
     def __reduce__(self):
         # picklable for process pools and Dask: re-open the file by name on the other side

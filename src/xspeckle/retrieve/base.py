@@ -29,7 +29,10 @@ from xspeckle import backend as B
 from xspeckle.errors import InputError
 from xspeckle.geometry import Geometry
 
-__all__ = ["Retriever", "as_stack"]
+__all__ = ["Retriever", "as_stack", "DEFAULT_WORKING_FACTOR"]
+
+#: temporaries of one call, in ``(P, H, W)`` float32 stacks, of a retriever that does not say
+DEFAULT_WORKING_FACTOR = 8.0
 
 
 def as_stack(frames, name: str):
@@ -44,12 +47,24 @@ def as_stack(frames, name: str):
 
 
 class Retriever(abc.ABC):
-    """Base class: validates inputs and records parameters.  Subclasses implement ``_retrieve``."""
+    """Base class: validates inputs and records parameters.  Subclasses implement ``_retrieve``.
+
+    Hooks the pipeline reads (``xspeckle.pipeline``), with their defaults:
+
+    * :attr:`working_factor` — memory of the temporaries of one call, in ``(P, H, W)``
+      float32 stacks (a property where it depends on the parameters, as PWF's);
+    * :attr:`supports_batch` and :meth:`retrieve_batch` — several projections in one call
+      (the GPU engine hands batches to retrievers that support them).
+    """
 
     name: ClassVar[str] = ""
     outputs: ClassVar[tuple[str, ...]] = ()
     min_positions: ClassVar[int] = 1
     needs_downstream: ClassVar[bool] = False
+    #: temporaries of one call in ``(P, H, W)`` float32 stacks, for the pipeline's memory plan
+    working_factor: float = DEFAULT_WORKING_FACTOR
+    #: True when :meth:`retrieve_batch` computes a batch together (faster than one call per projection)
+    supports_batch: ClassVar[bool] = False
 
     def __init__(self, reference, geometry: Geometry, **params: Any):
         self.reference = as_stack(reference, "reference")
@@ -75,3 +90,12 @@ class Retriever(abc.ABC):
     @abc.abstractmethod
     def _retrieve(self, sample) -> dict[str, Any]:
         """Retrieve from a checked sample stack ``(P, H, W)``; each method module defines it."""
+
+    def retrieve_batch(self, stack) -> list[dict[str, Any]]:
+        """Retrieve B projections: ``stack (B, P, H, W)`` -> list of B output dicts, in order.
+
+        Each dict is what :meth:`__call__` returns for ``stack[j]`` (same keys, same back-end);
+        a subclass that computes the batch together overrides this method and sets
+        :attr:`supports_batch` = True.  Default: one call per projection.
+        """
+        return [self(stack[j]) for j in range(int(stack.shape[0]))]
