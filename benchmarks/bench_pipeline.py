@@ -298,7 +298,7 @@ def _markdown(rows: list[dict], quick: bool, repeats: int | None) -> str:
         "  threshold at 128 KiB: every larger array is a fresh mmap that page-faults on first touch, and methods",
         "  that allocate temporaries every iteration (PWF, UMPA's cost volume) ran 1.7-4x slower on Dask workers.",
         "  xspeckle's Dask tasks raise the threshold to 256 MiB while they run and trim the heap after the last",
-        "  one (`pipeline._worker_settings`), which is what setting MALLOC_MMAP_THRESHOLD_ in the workers did.",
+        "  one (`pipeline.engines._worker_settings`), which is what setting MALLOC_MMAP_THRESHOLD_ in the workers did.",
         "- *peak RSS added*: peak resident memory of this process and its children during the call, minus this",
         "  process's resident memory before it (Dask's worker processes exist before the call: only their growth",
         "  counts).",

@@ -17,7 +17,7 @@ __all__ = ["check_scheduler_address", "CONNECT_TIMEOUT_S", "NO_WORKER_TIMEOUT_S"
 
 #: seconds allowed for the TCP connection to the scheduler
 CONNECT_TIMEOUT_S = 5.0
-#: a distributed run with no live worker for this long fails (``pipeline._Dask``)
+#: a distributed run with no live worker for this long fails (``pipeline.engines.DaskEngine``)
 NO_WORKER_TIMEOUT_S = 30.0
 
 _TCP = ("tcp", "tls", "ws", "wss")
