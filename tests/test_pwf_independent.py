@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from xspeckle.analysis.accuracy import phase_relative_error
-from xspeckle.retrieve.coherence import calibrate
+from xspeckle.retrieve.coherence import calibrate, optics_of
 from xspeckle.retrieve.pwf import PWFModel
 from xspeckle.simulate import write_simulated
 from xspeckle.simulate.independent import simulate_independent
@@ -123,9 +123,10 @@ def test_multi_reference_through_the_command_line(stage_scan, tmp_path):
         assert p["diffuser_estimate"] == "multi-reference" and len(p["reference_shifts_px"]) == 9
         # the coherence calibration used every reference position of the scan, not only position 0
         ref, _ = stage_scan.normalised()
-        cal = calibrate(ref, stage_scan.geometry.pixel_size_m)
+        g = stage_scan.geometry
+        cal = calibrate(ref, g.pixel_size_m, **optics_of(g))
         assert p["coherence_length_x_m"] == pytest.approx(cal.coherence_length_x_m, rel=1e-3)
         assert p["coherence_length_x_m"] != pytest.approx(
-            calibrate(ref[:1], stage_scan.geometry.pixel_size_m).coherence_length_x_m, rel=1e-4)
+            calibrate(ref[:1], g.pixel_size_m, **optics_of(g)).coherence_length_x_m, rel=1e-4)
         assert f["retrieval/stop_reason"][0].decode() == "converged"
         assert _relerr(f["retrieval/phase"][0], stage_scan) < 0.2

@@ -29,6 +29,17 @@ the photon-noise floor) of the 2-D, noise-floor-subtracted power spectrum with
 by weighted linear least squares on ``log(P − N₀)`` in ``(log A, x_coh², y_coh²)`` with the tail
 exponent n fixed (default −1, see :func:`calibrate` for the numbers behind this choice).
 ``model="paper"`` reproduces the authors' 1-D amplitude-spectrum fit.
+
+Both assume a shape for the coherent speckle spectrum, and the blur is not identifiable from the
+spectrum's shape alone: a finer diffuser (flatter spectrum) reads as a shorter coherence length
+(−20 … −30 % for 0.2–1 µm grains with ``power-gaussian``).  ``model="screen"`` (ours, the default
+when the wavelength and the diffuser–detector distance are known) removes the free shape: the
+coherent spectrum is that of Fresnel speckle behind a thin Gaussian random phase screen,
+:func:`screen_spectrum` — an *absolute* prediction (no free amplitude) from two diffuser parameters,
+its phase std σ and correlation length a — times IOTF² and the pixel's sinc², plus a white noise
+floor, fitted by the Whittle likelihood to the periodogram binned in radius and angle.  Measured on the independent simulator (4-layer grain
+diffusers, 2 % bandwidth, 2× binned grid) and on the presets: within −7 … +0 % on every diffuser
+where ``power-gaussian`` read −30 … +4 % (benchmarks/bench_calibration.py).
 """
 
 from __future__ import annotations
@@ -53,6 +64,8 @@ __all__ = [
     "stf",
     "calibrate",
     "calibrate_scan",
+    "screen_spectrum",
+    "optics_of",
     "wiener_deconvolve",
     "diffuser_transmission",
     "richardson_lucy",
@@ -61,8 +74,9 @@ __all__ = [
     "fresnel_transfer_yx",
 ]
 
-#: calibration models accepted by :func:`calibrate`
-MODELS = ("power-gaussian", "paper")
+#: calibration models accepted by :func:`calibrate` (``"auto"``: ``"screen"`` when the wavelength and the
+#: diffuser–detector distance are given, else ``"power-gaussian"``)
+MODELS = ("auto", "screen", "power-gaussian", "paper")
 
 #: diffuser-field estimates of :func:`diffuser_transmission`: ``"zero-phase"`` the paper's (pwf.md §5),
 #: ``"phase-only"`` ours (Richardson–Lucy + Gerchberg–Saxton, constant modulus at the diffuser)
@@ -189,11 +203,17 @@ class CoherenceCalibration:
     fit_rms: float = float("nan")
     frequency_range_cycles_per_px: tuple = (float("nan"), float("nan"))
     extra: dict = field(default_factory=dict)
+    #: ``screen`` only: fitted phase std σ (rad) and correlation length a (m) of the diffuser model
+    phase_std_rad: float = float("nan")
+    correlation_length_m: float = float("nan")
+    #: ``screen`` only: one-line warnings (e.g. two diffuser models fit equally well with different lengths)
+    warnings: tuple = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (the ``xspeckle calibrate --json`` payload)."""
         d = asdict(self)
         d["frequency_range_cycles_per_px"] = [float(v) for v in self.frequency_range_cycles_per_px]
+        d["warnings"] = list(self.warnings)
         for k, v in list(d.items()):
             if isinstance(v, float) and not math.isfinite(v):
                 d[k] = None
@@ -329,12 +349,172 @@ def _fit_paper(ref, pixel_size_m):
                 fit_rms=float(np.mean(rms)), frange=(0.0, 0.5))
 
 
+def screen_spectrum(q_per_m, phase_std_rad: float, correlation_length_m: float, wavelength_m: float,
+                    distance_m: float) -> np.ndarray:
+    """Power spectrum of the intensity a distance z behind a thin Gaussian random phase screen.
+
+    The screen ``t = e^{iφ}``, φ Gaussian with std σ and correlation ``exp(−r²/a²)`` (structure function
+    ``D(r) = 2σ²(1 − e^{−r²/a²})``), unit plane-wave illumination, monochromatic, coherent.  The Fresnel
+    intensity spectrum is ``Î_z(q) = ∫ t(r − d/2) t*(r + d/2) e^{−2πi q·r} d²r`` with ``d = λ z q``
+    (Guigay, Optik 49, 121 (1977)), so its power spectrum per unit area is the Fourier transform over s
+    of the four-point moment of ``e^{iφ}``, which for Gaussian φ is (Jakeman & McWhirter, J. Phys. A 10,
+    1599 (1977)):
+
+        S_I(q) = ∫ d²s e^{−2πi q·s} [exp(−D(s) − D(d) + ½D(s + d) + ½D(s − d)) − e^{−D(d)}],   q ≠ 0,
+
+    the subtracted term being the s → ∞ limit (the mean intensity's delta at q = 0).  No free amplitude:
+    the integral of S_I over q is the speckle contrast².  Evaluated by direct quadrature on an s-grid of
+    step ``a/(6 max(1, σ))`` covering the three lobes of the integrand (s ≈ 0, ±d).
+
+    Parameters
+    ----------
+    q_per_m : array_like
+        Spatial frequencies ``|q|`` (cycles/m); the spectrum is isotropic.
+    phase_std_rad, correlation_length_m : float
+        σ (rad) and a (m) of the screen.
+    wavelength_m, distance_m : float
+        λ and the screen–detector distance z (m).
+
+    Returns
+    -------
+    ndarray float64, ``S_I`` in (relative intensity)² per (cycles/m)²; divide by the pixel area for the
+    periodogram of a mean-normalised image.
+    """
+    q = np.atleast_1d(np.asarray(q_per_m, dtype=np.float64))
+    sigma, a = float(phase_std_rad), float(correlation_length_m)
+    d = wavelength_m * distance_m * q
+    h = a / (6.0 * max(1.0, sigma))
+    xmax = float(d.max(initial=0.0)) + 6.0 * a
+    sx = np.arange(-xmax, xmax + 0.5 * h, h)[:, None]
+    sy = np.arange(0.0, 6.0 * a + 0.5 * h, h)[None, :]
+    wy = np.full(sy.shape, 2.0)                           # the integrand is even in s_y: half plane, doubled
+    wy[0, 0] = 1.0
+    sy2 = sy**2
+    s2 = 2.0 * sigma**2
+
+    def struct(r2):
+        return s2 * (1.0 - np.exp(-r2 / a**2))
+
+    d0 = struct(sx**2 + sy2)
+    out = np.empty(q.size)
+    for i, (qi, di) in enumerate(zip(q, d)):
+        dd = s2 * (1.0 - math.exp(-di**2 / a**2))
+        g = np.exp(-d0 - dd + 0.5 * struct((sx + di) ** 2 + sy2) + 0.5 * struct((sx - di) ** 2 + sy2)) - math.exp(-dd)
+        out[i] = float((g * wy).sum(axis=1) @ np.cos(2 * np.pi * qi * sx[:, 0])) * h * h
+    return out
+
+
+def _binned_spectrum(ref, n_angles: int = 12, bin_px: float = 1.5):
+    """The periodogram averaged in radial × angular bins (12 sectors over [0, π): the anisotropy of the IOTF).
+
+    Returns a dict of per-bin arrays: mean periodogram ``p``, mean u², v² and |k| (cycles/px), the log pixel
+    MTF² (sinc² per axis), the number of independent samples ``n`` (bin count / 4: the Hann window correlates
+    2 × 2 neighbours), and the white noise floor N₀ from the spectrum's corners (start value).
+    """
+    ps = _power_spectrum(ref)
+    h, w = ps.shape
+    kx = np.broadcast_to(np.fft.fftfreq(w)[None, :], ps.shape)
+    ky = np.broadcast_to(np.fft.fftfreq(h)[:, None], ps.shape)
+    rho = np.sqrt(kx**2 + ky**2)
+    n0 = float(np.mean(ps[(np.abs(kx) > 0.45) | (np.abs(ky) > 0.45)]))
+    dr = bin_px / min(h, w)
+    nr = int(0.5 / dr)
+    ir = (rho / dr).astype(np.int64)
+    ia = np.minimum((np.mod(np.arctan2(ky, kx), np.pi) / np.pi * n_angles).astype(np.int64), n_angles - 1)
+    # the lowest bins carry the window's leakage; beyond 0.45 cycles/px only noise and aliasing
+    ok = (rho > 2.5 / min(h, w)) & (ir < nr) & (np.abs(kx) <= 0.45) & (np.abs(ky) <= 0.45)
+    key = (ir * n_angles + ia)[ok]
+    cnt = np.bincount(key, minlength=nr * n_angles)
+
+    def mean(v):
+        return np.bincount(key, weights=v[ok], minlength=nr * n_angles) / np.maximum(cnt, 1)
+
+    use = cnt >= 4
+    pix = mean(np.log(np.maximum(np.sinc(kx) ** 2 * np.sinc(ky) ** 2, 1e-300)))   # pixel-area MTF²
+    return dict(p=mean(ps)[use], u2=mean(kx**2)[use], v2=mean(ky**2)[use], k=mean(rho)[use], pix=pix[use],
+                n=cnt[use] / 4.0, noise_floor=n0)
+
+
+def _screen_nll(b, pixel_size_m, lam_z, sigma, a, start=None):
+    """Whittle negative log-likelihood of the binned periodogram under the screen model at (σ, a), minimised
+    over (x_coh/p)², (y_coh/p)² and log N₀; returns ``(nll, [X², Y², log N₀])``.
+
+    Model per bin: ``m = S_I(k)/p² · MTF²_pix · exp(−π(u² X² + v² Y²)) + N₀`` (IOTF² of Eq. 5); a bin mean of
+    n exponentially scattered periodogram values gives ``−log L = Σ n (log m + P̄/m)`` (Whittle 1953): every
+    bin counts, the noise-dominated ones included, with no log bias and no SNR cut.
+    """
+    ktab = np.geomspace(b["k"].min(), b["k"].max(), 40)
+    st = screen_spectrum(ktab / pixel_size_m, sigma, a, lam_z, 1.0) / pixel_size_m**2
+    s = np.exp(np.interp(np.log(b["k"]), np.log(ktab), np.log(np.maximum(st, 1e-300))) + b["pix"])
+
+    def nll(th):
+        m = s * np.exp(-math.pi * (b["u2"] * th[0] + b["v2"] * th[1])) + math.exp(th[2])
+        return float(np.sum(b["n"] * (np.log(m) + b["p"] / m)))
+
+    ln0 = math.log(max(b["noise_floor"], 1e-300))
+    starts = [start] if start is not None else [[v, 1.3 * v, ln0] for v in (5.0, 20.0, 60.0)]
+    best = None
+    for x0 in starts:
+        r = optimize.minimize(nll, x0, method="Nelder-Mead", options=dict(xatol=1e-4, fatol=1e-6, maxiter=2000))
+        if best is None or r.fun < best.fun:
+            best = r
+    return float(best.fun), np.asarray(best.x)
+
+
+def _fit_screen(ref, pixel_size_m, wavelength_m, distance_m, tie_nll: float = 2.0):
+    """Fit (σ, a, x_coh, y_coh) of the screen model (module docstring): a 9 × 9 grid over (σ, a) with the
+    lengths and the noise floor profiled out, Nelder–Mead from the three best local minima of the grid, the
+    lowest Whittle likelihood wins; a second solution within *tie_nll* with lengths > 5 % apart is reported."""
+    b = _binned_spectrum(ref)
+    if b["p"].size < 20:
+        raise InputError("reference frames too small to calibrate the coherence; give coherence_length_x_m / "
+                         "coherence_length_y_m in /geometry")
+    lam_z = float(wavelength_m) * float(distance_m)
+    fres = math.sqrt(lam_z)
+    sg = np.geomspace(0.25, 6.0, 9)                                                         # σ (rad)
+    ag = np.geomspace(min(0.3 * pixel_size_m, 0.2 * fres), max(6.0 * pixel_size_m, 3.0 * fres), 9)   # a (m)
+    grid = {(i, j): _screen_nll(b, pixel_size_m, lam_z, sv, av) for i, sv in enumerate(sg) for j, av in enumerate(ag)}
+    cost = np.array([[grid[(i, j)][0] for j in range(ag.size)] for i in range(sg.size)])
+    starts = sorted((cost[i, j], i, j) for i in range(sg.size) for j in range(ag.size)
+                    if cost[i, j] <= cost[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].min())
+    sols = []
+    for _, i, j in starts[:3]:
+        inner = grid[(i, j)][1]
+
+        def f(th, inner=inner):
+            return _screen_nll(b, pixel_size_m, lam_z, math.exp(th[0]), math.exp(th[1]), start=inner)[0]
+
+        r = optimize.minimize(f, [math.log(sg[i]), math.log(ag[j])], method="Nelder-Mead",
+                              options=dict(xatol=2e-3, fatol=1e-3))
+        c, th = _screen_nll(b, pixel_size_m, lam_z, math.exp(r.x[0]), math.exp(r.x[1]))
+        if th[0] > 0 and th[1] > 0:
+            sols.append((c, math.sqrt(th[0]) * pixel_size_m, math.sqrt(th[1]) * pixel_size_m,
+                         math.exp(r.x[0]), math.exp(r.x[1]), math.exp(th[2])))
+    if not sols:
+        raise InputError("coherence fit failed (no diffuser model fits the speckle spectrum); give "
+                         "coherence_length_x_m / coherence_length_y_m in /geometry")
+    sols.sort()
+    c, x, y, sigma, a, n0 = sols[0]
+    warn = []
+    for c2, x2, y2, *_ in sols[1:]:
+        if c2 - c <= tie_nll and max(abs(x2 / x - 1), abs(y2 / y - 1)) > 0.05:
+            warn.append(f"coherence calibration ambiguous: {x * 1e6:.2f} x {y * 1e6:.2f} µm or "
+                        f"{x2 * 1e6:.2f} x {y2 * 1e6:.2f} µm fit the reference spectrum about equally well; use more "
+                        "reference positions or give coherence_length_x_m / _y_m in /geometry")
+            break
+    k = b["k"]
+    return dict(x=x, y=y, exponent=float("nan"), noise_floor=n0, n_points=int(b["p"].size),
+                fit_rms=float("nan"), frange=(float(k.min()), float(k.max())), sigma=sigma, a=a,
+                warnings=tuple(warn), extra=dict(whittle_nll=c))
+
+
 #: default tail exponent n of the coherent speckle power spectrum S ∝ ρ^(2n) (see :func:`calibrate`)
 DEFAULT_TAIL_EXPONENT = -1.0
 
 
-def calibrate(reference, pixel_size_m: float, *, model: str = "power-gaussian",
-              exponent: float | None = DEFAULT_TAIL_EXPONENT) -> CoherenceCalibration:
+def calibrate(reference, pixel_size_m: float, *, model: str = "auto",
+              exponent: float | None = DEFAULT_TAIL_EXPONENT, wavelength_m: float | None = None,
+              distance_m: float | None = None) -> CoherenceCalibration:
     """Calibrate the horizontal and vertical coherence lengths from reference speckle.
 
     Parameters
@@ -343,8 +523,9 @@ def calibrate(reference, pixel_size_m: float, *, model: str = "power-gaussian",
         Dark-subtracted, flat-normalised reference speckle (any positive scale).
     pixel_size_m : float
         Detector pixel size in metres.
-    model : {"power-gaussian", "paper"}
-        Estimator, see the module docstring.  ``"paper"`` is the authors' amplitude-spectrum fit.
+    model : {"auto", "screen", "power-gaussian", "paper"}
+        Estimator, see the module docstring.  ``"auto"`` (default): ``"screen"`` when *wavelength_m* and
+        *distance_m* are given, else ``"power-gaussian"``.  ``"paper"`` is the authors' amplitude-spectrum fit.
     exponent : float or None
         ``power-gaussian`` only: tail exponent n of the coherent speckle spectrum ``S ∝ ρ^(2n)``.
         Over the short band that photon noise leaves (≈ 0.13–0.28 cycles/px at 10⁴ photons/px)
@@ -352,31 +533,52 @@ def calibrate(reference, pixel_size_m: float, *, model: str = "power-gaussian",
         free fit scattered by −22 … +18 % (P = 1) and −9 … +8 % (P = 12).  With n fixed to −1
         (S ∝ ρ⁻² tail) the 18 cases tested per diffuser (128/256/512 px, 3 seeds, P = 1 and 12)
         were within +0 … +4 % for a 2.5 µm-grain diffuser, and −9 … −1 % (P = 1) / −4 … −1 %
-        (P = 12) for a 1.75 µm grain.  The blur is NOT identifiable from the spectrum alone when the
-        coherent speckle spectrum is unknown (its tail depends on the diffuser); give measured
-        coherence lengths in /geometry when they are known.  ``None`` fits n freely (on the
-        1.75 µm-grain diffuser it was unbiased within 1 % at ≥ 10⁶ photons/px, where the band is wide).
+        (P = 12) for a 1.75 µm grain, but −20 … −30 % for 0.2–1 µm grains: the tail depends on the diffuser.
+        ``None`` fits n freely.
+    wavelength_m, distance_m : float, optional
+        λ and the diffuser–detector distance (m, L2 for a downstream diffuser): ``screen`` needs them.
 
     Returns
     -------
     CoherenceCalibration
+        ``warnings`` holds one line when two diffuser models fit the spectrum equally well with lengths
+        more than 5 % apart (seen with one 256² frame; several reference positions resolve it).
     """
     if model not in MODELS:
         raise ParameterError(f"coherence model {model!r} unknown; choose one of {', '.join(MODELS)}")
     if not (pixel_size_m > 0):
         raise ParameterError(f"pixel_size_m must be positive, got {pixel_size_m!r}")
+    have_optics = wavelength_m is not None and distance_m is not None
+    if model == "auto":
+        model = "screen" if have_optics else "power-gaussian"
+    if model == "screen" and not (have_optics and wavelength_m > 0 and distance_m > 0):
+        raise ParameterError("coherence model 'screen' needs wavelength_m and distance_m (diffuser to detector), "
+                             "both positive; or choose model='power-gaussian'")
     ref = _as_ref_stack(reference)
-    if model == "power-gaussian":
+    if model == "screen":
+        fit = _fit_screen(ref, pixel_size_m, wavelength_m, distance_m)
+    elif model == "power-gaussian":
         fit = _fit_power_gaussian(ref, pixel_size_m, exponent=exponent)
     else:
         fit = _fit_paper(ref, pixel_size_m)
     return CoherenceCalibration(
         coherence_length_x_m=float(fit["x"]), coherence_length_y_m=float(fit["y"]), model=model,
         pixel_size_m=float(pixel_size_m), exponent=fit["exponent"], noise_floor=fit["noise_floor"],
-        n_points=fit["n_points"], fit_rms=fit["fit_rms"], frequency_range_cycles_per_px=tuple(fit["frange"]))
+        n_points=fit["n_points"], fit_rms=fit["fit_rms"], frequency_range_cycles_per_px=tuple(fit["frange"]),
+        phase_std_rad=float(fit.get("sigma", float("nan"))), correlation_length_m=float(fit.get("a", float("nan"))),
+        warnings=tuple(fit.get("warnings", ())), extra=dict(fit.get("extra", {})))
 
 
-def calibrate_scan(scan, positions: Sequence[int] | None = None, *, model: str = "power-gaussian",
+def optics_of(geometry) -> dict[str, float]:
+    """``wavelength_m`` and ``distance_m`` (diffuser to detector) of a Geometry for :func:`calibrate`, or {}
+    when the diffuser–detector distance is not known (then ``model="auto"`` falls back to power-gaussian)."""
+    l2 = getattr(geometry, "diffuser_detector_distance_m", None)
+    if l2 is None:
+        return {}
+    return dict(wavelength_m=float(geometry.wavelength_m), distance_m=float(l2))
+
+
+def calibrate_scan(scan, positions: Sequence[int] | None = None, *, model: str = "auto",
                    exponent: float | None = DEFAULT_TAIL_EXPONENT) -> dict[str, Any]:
     """Calibrate the coherence lengths of an open :class:`xspeckle.io.scan.Scan` (``xspeckle calibrate``).
 
@@ -393,10 +595,10 @@ def calibrate_scan(scan, positions: Sequence[int] | None = None, *, model: str =
 
     pos = scan.positions(positions)
     ref = normalise(scan.reference(pos), flat=scan.flat(), dark=scan.dark())
-    cal = calibrate(ref, scan.geometry.pixel_size_m, model=model, exponent=exponent)
+    g = scan.geometry
+    cal = calibrate(ref, g.pixel_size_m, model=model, exponent=exponent, **optics_of(g))
     d = cal.to_dict()
     d["positions"] = list(pos)
-    g = scan.geometry
     if g.coherence_length_x_m is not None:
         d["geometry_coherence_length_x_m"] = g.coherence_length_x_m
     if g.coherence_length_y_m is not None:

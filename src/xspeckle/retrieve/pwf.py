@@ -52,6 +52,7 @@ from xspeckle.retrieve.coherence import (
     diffuser_transmission,
     fresnel_transfer_yx,
     iotf,
+    optics_of,
     stf,
 )
 
@@ -296,7 +297,7 @@ class PWFModel:
         if xc is None or yc is None:
             # every reference position of the scan when given (the same diffuser: less noise in the spectrum)
             cal_ref = ref if all_references is None else as_stack(all_references, "all_references")
-            self.calibration = calibrate(B.asnumpy(cal_ref), p)
+            self.calibration = calibrate(B.asnumpy(cal_ref), p, **optics_of(geometry))
             xc = xc if xc is not None else self.calibration.coherence_length_x_m
             yc = yc if yc is not None else self.calibration.coherence_length_y_m
         self.xcoh, self.ycoh = float(xc), float(yc)
