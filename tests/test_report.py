@@ -103,7 +103,8 @@ def test_unavailable_method_is_reported_not_faked(tmp_path, monkeypatch):
     import xspeckle.report as R
     import xspeckle.retrieve as RR
 
-    monkeypatch.setitem(RR.METHODS, "lcs", ("xspeckle.retrieve.no_such_module", "LCSRetriever"))
+    # a missing third-party dependency (a missing xspeckle module would be a broken method, not hidden)
+    monkeypatch.setitem(RR.METHODS, "lcs", ("zz_not_installed_pkg.lcs", "LCSRetriever"))
     monkeypatch.setattr(R._Demo, "tomography", lambda self, *a, **k: None)  # 2-D part only (fast)
     msgs = []
     index = run_demo(tmp_path / "r", size=64, log=msgs.append)
