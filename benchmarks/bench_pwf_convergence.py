@@ -49,7 +49,7 @@ def trace(scene: str, size: int, seed: int, scheme: str, paper_iters: int = PAPE
     import numpy as np
 
     from xspeckle.analysis.accuracy import phase_relative_error
-    from xspeckle.retrieve.pwf import PWFModel
+    from xspeckle.retrieve.pwf import PWFModel, zero_background_plane
     from xspeckle.simulate.independent import simulate_independent
     from xspeckle import backend as B
 
@@ -76,8 +76,8 @@ def trace(scene: str, size: int, seed: int, scheme: str, paper_iters: int = PAPE
     evals, errs = [], []
 
     def cb(it, active, psi):
-        psi_d = model._from_grid(psi[:, 0])
-        ph = np.asarray(B.asnumpy(psi_d.imag[0]), dtype=np.float32)
+        psi_d = model._from_grid(psi[:, 0])                 # the phase exactly as the solver's result gives it
+        ph = np.asarray(B.asnumpy(zero_background_plane(psi_d.imag.astype(np.float32), model.background_mask)[0]))
         evals.append(count[0])
         errs.append(phase_relative_error(ph, truth, mask))
 
@@ -86,6 +86,36 @@ def trace(scene: str, size: int, seed: int, scheme: str, paper_iters: int = PAPE
     evals.append(count[0])
     errs.append(phase_relative_error(res.phase[0], truth, mask))
     return np.asarray(evals), np.asarray(errs), int(res.iterations[0]), res.stop_reason[0], np.asarray(losses)
+
+
+def plot(traces: dict, path) -> None:
+    """Phase error and loss against gradient evaluations, one column per scene/seed (matplotlib, Agg)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = list(traces)
+    fig = Figure(figsize=(3.0 * len(keys), 5.2))
+    FigureCanvasAgg(fig)
+    axs = fig.subplots(2, len(keys), squeeze=False)
+    for j, k in enumerate(keys):
+        t = traces[k]
+        for name, col in (("paper", "tab:orange"), ("lbfgs", "tab:blue")):
+            e, err = t[name]
+            axs[0, j].plot(e, err, color=col, label={"paper": "paper Alg. S1", "lbfgs": "lbfgs (default)"}[name])
+            loss = np.minimum.accumulate(np.asarray(t[f"{name}_loss"]))
+            axs[1, j].plot(np.arange(1, loss.size + 1), loss - min(np.min(t["paper_loss"]), np.min(t["lbfgs_loss"]))
+                           + 1e-7, color=col)
+        axs[0, j].set_xscale("log")
+        axs[1, j].set_xscale("log")
+        axs[1, j].set_yscale("log")
+        axs[0, j].set_title(k.replace("/", ", "), fontsize=9)
+        axs[1, j].set_xlabel("gradient evaluations")
+    axs[0, 0].set_ylabel("phase rel. error")
+    axs[1, 0].set_ylabel("loss − best loss")
+    axs[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
 
 
 def first_within(evals, errs, target):
@@ -133,6 +163,8 @@ def run(quick: bool = False) -> str:
             print(rows[-1], flush=True)
     with open("/tmp/xspeckle_pwf_convergence.json", "w") as fh:
         json.dump(traces, fh)
+    if not quick:
+        plot(traces, Path(__file__).resolve().parent / "results" / "pwf_convergence.png")
     body = md_table(["scene", "px", "seed", f"paper error at {paper_iters} it. (E_p)",
                      f"paper: evaluations to ≤ E_p·{1 + TOL:g} (N_p)", "lbfgs final error", "lbfgs evaluations (stop)",
                      f"lbfgs: evaluations to ≤ E_p·{1 + TOL:g} (N_l)", "N_l / N_p", "lbfgs best error",
@@ -149,6 +181,14 @@ def run(quick: bool = False) -> str:
 - Evaluations are gradient evaluations (each costs the same fused loss + gradient), so the ratio is also the
   ratio of solver time up to the (un-fused) vector work of each scheme (results/pwf.md).
 - Errors are sampled every 10 iterations (the solvers' callback), so N is resolved to 10 iterations.
+- The phase error is not monotone along either path (column "lbfgs best error": both pass below their
+  converged error on the way, the iterate then fits noise and model error), so the first crossing of E_p
+  measures when each solver reaches the converged accuracy, and the loss measures convergence itself.
+  On `fine`, L-BFGS converges to a lower loss than FISTA's after 3000 iterations but a 1–2 % higher phase
+  error: the paper scheme's better error there is that of an iterate not yet converged (implicit early
+  stopping), not of its objective; tightening L-BFGS's stop (change_tol 3e-4, plateau_tol 3e-5) leaves its
+  error unchanged (0.2232 / 0.1697 on seeds 1 / 2).
+- Figure: `benchmarks/results/pwf_convergence.png` (top: phase error, bottom: loss above the best loss seen).
 """
     return section(TITLE, body + notes, "python benchmarks/bench_pwf_convergence.py" + (" --quick" if quick else ""),
                    quick=quick)

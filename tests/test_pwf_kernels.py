@@ -14,6 +14,7 @@ import pytest
 
 from xspeckle.geometry import Geometry
 from xspeckle.retrieve import pwf_kernels as pk
+from xspeckle.retrieve import pwf_vector as pv
 from xspeckle.retrieve.pwf import PWFModel
 
 XC, YC = 3.48e-6, 4.31e-6
@@ -165,7 +166,7 @@ def test_momentum_step_equals_solver_formula(monkeypatch, use_numba):
     want_psi = z + beta.astype(np.float32).reshape(s4) * (z - z_old)
     want_acc = np.where(ok.reshape(s4), psi, acc)
     g_keep = g_re.copy()
-    p2, z2 = pk.momentum_step(psi, z_old, g_re, g_im, er, ei, ok, beta, psi_acc=acc)
+    p2, z2 = pv.momentum_step(psi, z_old, g_re, g_im, er, ei, ok, beta, psi_acc=acc)
     assert p2 is psi and z2 is z_old
     np.testing.assert_allclose(psi, want_psi, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(z_old, z, rtol=1e-6, atol=1e-6)
@@ -219,12 +220,12 @@ def test_batch_dot_and_axpy(monkeypatch, use_numba):
     rng = np.random.default_rng(2)
     u, v, w = rng.standard_normal((3, 3, 1, 30, 34)).astype(np.float32)
     want = (u.astype(np.float64) * v).reshape(3, -1).sum(axis=1)
-    np.testing.assert_allclose(pk.batch_dot(u, v), want, rtol=1e-6)
-    np.testing.assert_allclose(pk.batch_dot((u, w), (v, w)), want + (w.astype(np.float64) ** 2).reshape(3, -1).sum(1),
+    np.testing.assert_allclose(pv.batch_dot(u, v), want, rtol=1e-6)
+    np.testing.assert_allclose(pv.batch_dot((u, w), (v, w)), want + (w.astype(np.float64) ** 2).reshape(3, -1).sum(1),
                                rtol=1e-6)
     a = np.array([0.5, -2.0, 0.0])
     y = u.copy()
-    out = pk.batch_axpy(y, a, v)
+    out = pv.batch_axpy(y, a, v)
     assert out is y
     np.testing.assert_allclose(y, u + a.astype(np.float32)[:, None, None, None] * v, rtol=1e-6, atol=1e-6)
 
@@ -240,12 +241,12 @@ def test_batch_multi_dot_and_combine(monkeypatch, use_numba):
     v = rng.standard_normal((2, 1, 20, 22)).astype(np.float32)
     idx = [3, 0, 2]
     want = np.stack([(stack[i].astype(np.float64) * v).reshape(2, -1).sum(1) for i in idx])
-    np.testing.assert_allclose(pk.batch_multi_dot(stack, idx, v), want, rtol=1e-6)
+    np.testing.assert_allclose(pv.batch_multi_dot(stack, idx, v), want, rtol=1e-6)
     a0 = np.array([-1.5, 0.25])
     cs = rng.standard_normal((3, 2))
     cy = rng.standard_normal((3, 2))
     out = np.empty_like(v)
-    got = pk.batch_combine(out, a0, v, stack, cs, ys, cy, idx)
+    got = pv.batch_combine(out, a0, v, stack, cs, ys, cy, idx)
     assert got is out
     want = a0[:, None, None, None] * v.astype(np.float64)
     for k, i in enumerate(idx):

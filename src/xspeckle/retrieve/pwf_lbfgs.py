@@ -24,7 +24,6 @@ Every projection of a batch carries its own step, history weights and stop state
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
@@ -75,8 +74,8 @@ class _Space:
 
 def _dot(a, b) -> np.ndarray:
     """Per-projection inner product of two tuples of ``(B, 1, H, W)`` arrays, float64 ``(B,)`` (host);
-    one fused pass per component (:func:`xspeckle.retrieve.pwf_kernels.batch_dot`)."""
-    from xspeckle.retrieve.pwf_kernels import batch_dot
+    one fused pass per component (:func:`xspeckle.retrieve.pwf_vector.batch_dot`)."""
+    from xspeckle.retrieve.pwf_vector import batch_dot
 
     return np.asarray(batch_dot(tuple(a), tuple(b)), dtype=np.float64)
 
@@ -90,7 +89,7 @@ class _Pairs:
 
     R the upper triangle of SᵀY (``R_ij = s_iᵀ y_j``, i ≤ j), Δ its diagonal, γ = sᵀy / yᵀMy of the newest
     pair (Nocedal & Wright Eq. 7.20).  The same direction as the two-loop recursion (Alg. 7.4), but the
-    vector work is two fused passes over the stored vectors (``pwf_kernels.batch_multi_dot`` and
+    vector work is two fused passes over the stored vectors (``pwf_vector.batch_multi_dot`` and
     ``batch_combine``) instead of 4m dot/axpy passes plus a preconditioner filter: ``M g = D`` is what the
     model returns and ``M y = D_{k+1} − D_k`` is stored beside y.  The small m × m algebra runs on the host.
 
@@ -120,7 +119,7 @@ class _Pairs:
     def add(self, x_new, x, g_new, g, d_new, d_old, accept) -> np.ndarray:
         """Store the pair (x_new − x, g_new − g, d_new − d_old); *accept(sy)* → bool ``(B,)`` says for which
         projections it counts.  Returns ``sᵀy`` ``(B,)``."""
-        from xspeckle.retrieve.pwf_kernels import batch_multi_dot
+        from xspeckle.retrieve.pwf_vector import batch_multi_dot
 
         xp = self.xp
         k = self._spare()
@@ -150,7 +149,7 @@ class _Pairs:
         """``out = −H g`` (tuple of arrays like *g*); *dvec* = M g.  Returns *out*."""
         from scipy.linalg import solve_triangular
 
-        from xspeckle.retrieve.pwf_kernels import batch_combine, batch_multi_dot
+        from xspeckle.retrieve.pwf_vector import batch_combine, batch_multi_dot
 
         idx = list(self.order)
         nb = int(g[0].shape[0])
