@@ -23,17 +23,37 @@ We use algotom's removal module (Vo et al., well kept, numpy/scipy/pywavelets) r
     Per-column *gain* errors ``s'(theta, x) = (1 + g_x) s(theta, x)``, the kind a retrieved phase or D_eff
     sinogram carries when each pixel's speckle statistics scale its answer. The sorting filters above remove
     offset stripes well but not gain stripes on a strongly varying phase sinogram: a median across columns of a
-    monotone profile returns the centre value, stripe included (benchmarks/bench_rings.py measures it). Here the
-    column factors ``c_x = 1 / (1 + g_x)`` minimise the robust roughness across columns of the corrected
-    sinogram, ``sum_theta,x w |D_xx (c_x s(theta, x))|^2 + mu sum_x (c_x - 1)^2`` (D_xx: second difference
-    along x; w: Huber weights, iteratively reweighted, and 0 on stencils touching the object's outline, so
-    edges do not drive the fit; mu anchors ``c = 1`` where the data say nothing, e.g. air columns). The fit
-    runs on the sinogram sorted along the angles, column by column (Vo et al. 2018's observation: sorted
-    columns vary smoothly across x; a gain c > 0 commutes with sorting). One sparse W x W solve per
-    iteration. It is the column normalisation of Boin & Haibel (Opt. Express 14, 12071, 2006: each column
-    scaled by its mean over a smoothed mean) made a robust least-squares fit; algotom has no gain-only filter.
-    Limits (benchmarks/bench_rings.py): it needs columns that vary smoothly across x; on a narrow object
-    sampled by few columns (tomo-beads at 128 px, 90 angles) it removes little.
+    monotone profile returns the centre value, stripe included (benchmarks/bench_rings.py measures it). Here
+    the column factors ``c_x = 1 / (1 + g_x)`` minimise, over all the sinograms given (the detector rows: a
+    column's gain is the same at every angle and, with ``shared=True``, in every row),
+
+    ``sum w |D (c s)|^2 / 1 + lam' sum_n |P_n^perp S_n c|^2 + mu' sum_x (c_x - 1)^2``  with  ``a . c = a . 1``.
+
+    * Roughness: D is the finite difference of ``order`` along x, w are Huber weights (iteratively
+      reweighted) and 0 on stencils touching the object's outline (|s| below ``edge_frac`` of the
+      projection's peak), so edges do not drive the fit. This is the column normalisation of Boin & Haibel
+      (Opt. Express 14, 12071, 2006) made a robust least-squares fit. It sees the gain at short wavelengths
+      only: a gain varying over as many columns as the object is wide looks like the object.
+    * Consistency (needs ``theta_deg``): the Helgason-Ludwig conditions (Helgason 1965; Ludwig 1966; as used
+      for data-consistency calibration, e.g. Basu & Bresler, IEEE TIP 9, 1760, 2000): the n-th moment of a
+      projection, ``m_n(theta) = sum_x T_n(x) s(theta, x)`` (T_n: Chebyshev polynomial on the detector), is a
+      trigonometric polynomial of degree <= n in theta. Harmonics 0..n of both parities are allowed, so the
+      rotation axis need not be known. P_n^perp removes those harmonics; what is left must be 0. Gain errors
+      break the conditions wherever the object moves across columns with the angle, at every wavelength;
+      this is what pins the long-wavelength gain that roughness cannot see on narrow objects. Moments run to
+      ``moments`` (capped so that half the angular degrees of freedom stay free). The term is weighted by
+      ``lam' = consistency * max diag(roughness) / max_x sum_theta s^2``: data whose projections do not
+      change with the angle (an object on the axis) carry little consistency weight by construction.
+    * Prior and scale: ``mu' = mu * max diag(roughness)`` pulls c to 1 where the data say nothing (air columns); the
+      scale ``a . c = a . 1`` with ``a_x = sum |s|`` keeps the object's mass (the roughness and consistency
+      terms alone are 0 at c = 0).
+
+    One dense W x W solve per Huber iteration, on the host; building the consistency term costs
+    ``O(rows * A * W^2)``. Defaults chosen by measurement (benchmarks/bench_rings.py: tomo-beads phase and
+    the analytic rod). Limits: the object must stay inside the detector at every angle (no truncation) for
+    the consistency term; with ``theta_deg=None`` only the roughness term runs (the pre-2026-12 method, 2-3x on
+    narrow objects); it needs rows and angles that move the object across the columns: per 16-row slab the
+    tomo-beads figure is 2-3.5x, over the whole volume >= 5x.
 
 algotom works on 2-D NumPy sinograms; CuPy input is moved to the host and the result moved back (the
 filters are cheap next to FBP). Each call is per slice, so memory stays that of one sinogram.
@@ -60,7 +80,8 @@ _DEFAULTS = {
     "fitting": {"order": 2, "sigma": 10},
     "wavelet-fft": {"level": 5, "size": 1, "wavelet_name": "db9"},
     "all": {"snr": 3.0, "la_size": 51, "sm_size": 21},
-    "gain": {"mu": 1e-3, "huber": 2.5, "iterations": 4, "edge_frac": 0.15, "sort": True, "order": 2},
+    "gain": {"mu": None, "huber": 2.5, "iterations": 4, "edge_frac": 0.15, "sort": None, "order": 2,
+             "consistency": 13.0, "moments": 30, "shared": True},
 }
 
 
@@ -74,7 +95,8 @@ def _algotom_removal():
     return rem
 
 
-def remove_rings(sinogram, method: str = "sorting", *, progress: Callable[[int, int], None] | None = None, **params):
+def remove_rings(sinogram, method: str = "sorting", *, theta_deg=None,
+                 progress: Callable[[int, int], None] | None = None, **params):
     """Remove vertical stripes from sinograms (rings in the reconstructed slices).
 
     Parameters
@@ -84,15 +106,17 @@ def remove_rings(sinogram, method: str = "sorting", *, progress: Callable[[int, 
         NumPy or CuPy; not modified.
     method : {"sorting", "filtering", "fitting", "wavelet-fft", "all", "gain"}
         Stripe filter (module notes give each source).
+    theta_deg : array (A,), optional
+        Rotation angles in degrees. ``"gain"`` uses them for its consistency term (module notes); without
+        them it fits the roughness term only. The algotom filters ignore them.
     progress : callable(done, total), optional
-        Called after each sinogram.
+        Called after each sinogram (``"gain"`` with ``shared=True``: after each Huber iteration).
     **params
         Method parameters in algotom's names, e.g. ``size=31`` (median width in columns) for ``"sorting"``,
-        ``level=6`` for ``"wavelet-fft"``; ``mu`` (prior weight relative to the largest data weight),
-        ``huber`` (threshold in robust sigmas), ``iterations``, ``edge_frac``, ``sort`` (fit on the
-        angle-sorted sinogram) and ``order`` (of the finite difference across columns: 3 tolerates the
-        curvature of narrow objects better, 2 removes more on wide ones) for ``"gain"``.
-        Defaults: :data:`_DEFAULTS`.
+        ``level=6`` for ``"wavelet-fft"``. For ``"gain"`` (:func:`column_gain`): ``mu``, ``huber``,
+        ``iterations``, ``edge_frac``, ``sort``, ``order``, ``consistency``, ``moments`` and ``shared``
+        (True: one gain per detector column for all the sinograms given, i.e. all rows; False: one per
+        sinogram, for per-pixel gains). Defaults: :data:`_DEFAULTS`.
 
     Returns
     -------
@@ -118,11 +142,13 @@ def remove_rings(sinogram, method: str = "sorting", *, progress: Callable[[int, 
     kw.update(params)
     if method == "gain":
         s3 = xp.asarray(sinogram, dtype=xp.float32).reshape(-1, a, w)
+        shared = bool(kw.pop("shared"))
+        if shared:
+            c = column_gain(s3, theta_deg, progress=progress, **kw)
+            return (s3 * xp.asarray(c, dtype=xp.float32)[None, None, :]).reshape(shape)
         out = xp.empty_like(s3)
-        sort = bool(kw.pop("sort"))
         for i in range(s3.shape[0]):
-            c = column_gain(xp.sort(s3[i], axis=0) if sort else s3[i], **kw)
-            out[i] = s3[i] * xp.asarray(c, dtype=xp.float32)[None, :]
+            out[i] = s3[i] * xp.asarray(column_gain(s3[i], theta_deg, **kw), dtype=xp.float32)[None, :]
             if progress is not None:
                 progress(i + 1, s3.shape[0])
         return out.reshape(shape)
@@ -163,65 +189,140 @@ def remove_rings(sinogram, method: str = "sorting", *, progress: Callable[[int, 
     return xp.asarray(out) if xp is not np else out
 
 
-def column_gain(sinogram, *, mu: float = 5e-4, huber: float | None = 2.5, iterations: int = 4,
-                edge_frac: float = 0.0, order: int = 2) -> np.ndarray:
-    """Column factors ``c`` (W,) that make ``c[None, :] * sinogram`` smooth across columns (method ``"gain"``).
+def _consistency_matrix(b: np.ndarray, theta_deg, moments: int) -> np.ndarray:
+    """Helgason-Ludwig consistency normal matrix ``sum_rows sum_n S_n^T P_n^perp S_n`` (W, W) of sinograms
+    ``b`` (R, A, W) float64, ``S_n = s diag(T_n)``; module notes.
 
-    Minimises ``sum_theta,r w[theta, r] (D c*s)[theta, r]^2 + mu' sum_x (c_x - 1)^2`` with D the finite
-    difference of ``order`` (default 2) along columns (module notes; a least-squares form of Boin & Haibel 2006's column normalisation),
-    ``mu' = mu * max_x M_xx`` and Huber weights ``w = min(1, huber * sigma / |r|)`` (sigma: 1.4826 MAD of the
-    residuals) updated for ``iterations`` passes (``huber=None``: one unweighted pass); stencils with a column
-    below ``edge_frac`` of its row's peak ``|s|`` get weight 0 (object outline and air).
+    The harmonic bases are nested (QR of [1, cos t, sin t, cos 2t, ...]), so with ``h_j = q_j^T s``:
+    ``sum_n T_n T_n^T o (C - sum_{j<=2n} h_j h_j^T)`` = ``U_0 o C - sum_j U_{n(j)} o sum_rows h_j h_j^T``,
+    ``U_n = sum_{m>=n} T_m T_m^T`` (o: elementwise product, C = sum_rows s^T s).
+    """
+    R, A, W = b.shape
+    th = np.deg2rad(np.asarray(theta_deg, dtype=np.float64).reshape(-1))
+    if th.size != A:
+        raise ParameterError(f"rings: theta_deg has {th.size} angles, the sinogram {A}")
+    nmax = int(min(int(moments), (A - 4) // 2))  # some angular degrees of freedom stay free
+    if nmax < 1:
+        return np.zeros((W, W))
+    cols = [np.ones(A)]
+    for n in range(1, nmax + 1):
+        cols += [np.cos(n * th), np.sin(n * th)]
+    Q, _ = np.linalg.qr(np.stack(cols, axis=1))  # (A, 2 nmax + 1), nested in n
+    T = np.polynomial.chebyshev.chebvander(np.linspace(-1.0, 1.0, W), nmax).T  # (nmax + 1, W)
+    flat = b.reshape(R * A, W)
+    C = flat.T @ flat
+    h = np.einsum("aj,raw->jrw", Q, b)  # (2 nmax + 1, R, W)
+    U = np.zeros((W, W))
+    G = np.zeros((W, W))
+    for n in range(nmax, -1, -1):
+        U += np.outer(T[n], T[n])
+        for j in ((0,) if n == 0 else (2 * n - 1, 2 * n)):
+            G -= U * (h[j].T @ h[j])
+    G += U * C
+    return G
+
+
+def column_gain(sinogram, theta_deg=None, *, mu: float | None = None, huber: float | None = 2.5, iterations: int = 4,
+                edge_frac: float = 0.15, order: int = 2, sort: bool | None = None, consistency: float = 13.0,
+                moments: int = 30, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Column factors ``c`` (W,) that undo per-column gains of sinograms (method ``"gain"``).
+
+    Minimises the robust roughness across columns of ``c * s`` plus, given the angles, the Helgason-Ludwig
+    inconsistency of ``c * s``, with a prior ``mu`` towards 1 and the mass constraint ``a . c = a . 1``
+    (module notes give the sources).
 
     Parameters
     ----------
-    sinogram : array (A, W)
-        One sinogram (any unit), NumPy or CuPy; the band sums run on its device, the W x W sparse solve on
-        the host.
+    sinogram : array (A, W) or (R, A, W)
+        Sinogram(s), any unit, NumPy or CuPy (moved to the host). Several rows share one set of factors.
+    theta_deg : array (A,), optional
+        Angles in degrees; None leaves out the consistency term.
+    mu : float, optional
+        Prior weight relative to the largest diagonal entry of the roughness term. Default 3e-3 with the
+        consistency term, 1e-3 without (each measured best in benchmarks/bench_rings.py).
+    huber : float or None
+        Huber threshold in robust sigmas (1.4826 MAD of the roughness residuals); None: one unweighted pass.
+    iterations : int
+        Reweighting passes.
+    edge_frac : float
+        Roughness stencils with a column below this fraction of the projection's peak ``|s|`` get weight 0.
+    order : int
+        Order (1..4) of the finite difference along x.
+    sort : bool, optional
+        Roughness on the angle-sorted sinogram (Vo et al. 2018's trick; a gain commutes with sorting)
+        instead of the projections themselves. Default: sorted without the consistency term, not with it.
+    consistency : float
+        Weight of the consistency term (0: off), relative as in the module notes.
+    moments : int
+        Highest moment order n of the consistency term.
+    progress : callable(done, total), optional
+        Called after each reweighting pass.
 
     Returns
     -------
     ndarray (W,) float64, the factors ``1 / (1 + g_x)``.
     """
-    import scipy.sparse as sp
-    import scipy.sparse.linalg as spl
-
-    xp = backend.get_xp(sinogram)
-    b = xp.asarray(sinogram, dtype=xp.float64)
-    A, W = b.shape
     from math import comb
 
+    b = np.asarray(backend.asnumpy(sinogram), dtype=np.float64)
+    if b.ndim == 2:
+        b = b[None]
+    if b.ndim != 3:
+        raise ParameterError(f"rings: column_gain takes (A, W) or (rows, A, W) sinograms, got shape {b.shape}")
+    R, A, W = b.shape
     order = int(order)
     if not 1 <= order <= 4:
         raise ParameterError(f"rings: gain order must be 1..4, got {order}")
-    d = tuple(float((-1) ** (order - k) * comb(order, k)) for k in range(order + 1))  # finite difference of that order
-    m_st = order + 1  # stencil width
-    n = W - order
-    wts = xp.ones((A, n), dtype=xp.float64)
-    if edge_frac:
-        # stencils that touch the object's outline (|s| below edge_frac of the row's peak) are left out: there
-        # the chord profile is steep and curved (sqrt edge), so neighbours cannot predict the column
-        a = xp.abs(b)
-        small = a < float(edge_frac) * a.max(axis=1, keepdims=True)
-        touch = small[:, :n].copy()
-        for k in range(1, m_st):
-            touch |= small[:, k : n + k]
-        wts = xp.where(touch, 0.0, 1.0)
-    c = np.ones(W)
+    if W <= order + 1:
+        raise ParameterError(f"rings: {W} columns are too few for a gain fit of order {order}")
+    d = [float((-1) ** (order - k) * comb(order, k)) for k in range(order + 1)]  # finite difference of that order
+    m_st, n = order + 1, W - order
+    use_hl = theta_deg is not None and float(consistency) > 0
+    mu = (3e-3 if use_hl else 1e-3) if mu is None else float(mu)
+    sort = (not use_hl) if sort is None else bool(sort)
+    rb = np.sort(b, axis=1) if sort else b  # roughness data
+    a = np.abs(rb)
+    small = a < float(edge_frac) * a.max(axis=2, keepdims=True)
+    touch = small[:, :, :n].copy()
+    for k in range(1, m_st):
+        touch |= small[:, :, k : n + k]
+    w0 = np.where(touch, 0.0, 1.0)  # stencils off the object's outline and air
+    wts = w0
+    G = None
+    if use_hl:
+        G = _consistency_matrix(b, theta_deg, moments)
+        G *= float(consistency) / max(float((b * b).sum(axis=(0, 1)).max()), np.finfo(float).tiny)
+    mass = np.abs(b).sum(axis=(0, 1))
     rows = np.concatenate([np.arange(n) + k1 for k1 in range(m_st) for k2 in range(m_st)])
     cols = np.concatenate([np.arange(n) + k2 for k1 in range(m_st) for k2 in range(m_st)])
-    for it in range(max(1, int(iterations))):
-        # normal matrix M[x, x'] = sum_theta sum_r D[r, x] D[r, x'] w[theta, r] s[theta, x] s[theta, x'] (band = order)
-        vals = [d[k1] * d[k2] * backend.asnumpy((wts * b[:, k1 : n + k1] * b[:, k2 : n + k2]).sum(0))
+    c = np.ones(W)
+    n_it = max(1, int(iterations)) if huber is not None else 1
+    for it in range(n_it):
+        # roughness normal matrix M[x, x'] = sum D[r, x] D[r, x'] w s[x] s[x'] (band = order), summed over rows
+        vals = [d[k1] * d[k2] * (wts * rb[:, :, k1 : n + k1] * rb[:, :, k2 : n + k2]).sum(axis=(0, 1))
                 for k1 in range(m_st) for k2 in range(m_st)]
-        M = sp.csr_matrix((np.concatenate(vals), (rows, cols)), shape=(W, W))
-        m = float(mu) * max(float(M.diagonal().max()), np.finfo(float).tiny)
-        c = spl.spsolve((M + m * sp.identity(W)).tocsc(), np.full(W, m))
-        if huber is None or it == int(iterations) - 1:
+        M = np.zeros((W, W))
+        np.add.at(M, (rows, cols), np.concatenate(vals))
+        scale = max(float(M.diagonal().max()), np.finfo(float).tiny)
+        if G is not None:
+            M += scale * G
+        m = float(mu) * scale
+        M[np.diag_indices(W)] += m
+        c = np.linalg.solve(M, np.full(W, m))
+        if G is not None:  # a . c = a . 1 (the consistency term alone would shrink c towards 0)
+            c1 = np.linalg.solve(M, mass)
+            den = float(mass @ c1)
+            if den > 0:
+                c = c + (mass.sum() - float(mass @ c)) / den * c1
+        if progress is not None:
+            progress(it + 1, n_it)
+        if it == n_it - 1:
             break
-        cb = b * xp.asarray(c)[None, :]
-        r = sum(d[k] * cb[:, k : n + k] for k in range(m_st))
-        sigma = 1.4826 * float(xp.median(xp.abs(r - xp.median(r)))) + 1e-300
-        wts = xp.minimum(wts, float(huber) * sigma / xp.maximum(xp.abs(r), 1e-300)) if edge_frac else \
-            xp.minimum(1.0, float(huber) * sigma / xp.maximum(xp.abs(r), 1e-300))
+        cb = rb * c[None, None, :]
+        r = sum(d[k] * cb[:, :, k : n + k] for k in range(m_st))
+        rr = r[w0 > 0]
+        if rr.size == 0:
+            break
+        sigma = 1.4826 * float(np.median(np.abs(rr - np.median(rr)))) + 1e-300
+        wts = np.minimum(w0, float(huber) * sigma / np.maximum(np.abs(r), 1e-300))
     return np.asarray(c, dtype=np.float64)
