@@ -24,11 +24,7 @@ MAX_LINES = 900
 
 #: import edges of known cycles outside this change, dropped before the cycle check until their owners fix
 #: them; an entry must still exist in the code (test_known_cycle_edges_are_current) — remove it once fixed
-KNOWN_CYCLE_EDGES = {
-    # simulate.presets imports simulate.independent (function level) and independent imports the
-    # SimulatedScan container back from presets (function level): SimulatedScan wants its own module
-    ("xspeckle.simulate.independent", "xspeckle.simulate.presets"),
-}
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

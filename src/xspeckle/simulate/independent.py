@@ -531,7 +531,7 @@ def simulate_independent(geometry: str = "downstream", size: int = 256, position
     number for D_eff would need a scattering model (geometric optics does not hold for 0.1-rad
     bubbles), which is exactly what the retrievals assume — so none is given.
     """
-    from xspeckle.simulate.presets import SimulatedScan  # the container only (no forward-model code)
+    from xspeckle.simulate.simulated import SimulatedScan  # the container only (no forward-model code)
 
     if geometry not in ("downstream", "upstream"):
         raise ParameterError(f"independent simulator: geometry={geometry!r} must be 'downstream' or 'upstream'")
