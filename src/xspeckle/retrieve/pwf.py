@@ -814,6 +814,7 @@ class PWFRetriever(Retriever):
     """
 
     name = "pwf"
+    summary = "single-shot preconditioned Wirtinger flow, downstream diffuser (Lee et al. 2026)"
     outputs = ("phase", "transmission", "residual")
     min_positions = 1
     needs_downstream = True
