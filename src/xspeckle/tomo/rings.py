@@ -81,7 +81,7 @@ _DEFAULTS = {
     "wavelet-fft": {"level": 5, "size": 1, "wavelet_name": "db9"},
     "all": {"snr": 3.0, "la_size": 51, "sm_size": 21},
     "gain": {"mu": None, "huber": 2.5, "iterations": 4, "edge_frac": 0.15, "sort": None, "order": 2,
-             "consistency": 13.0, "moments": 30, "shared": True},
+             "consistency": 13.0, "moments": 30, "shared": True, "max_change": 0.25},
 }
 
 
@@ -224,7 +224,8 @@ def _consistency_matrix(b: np.ndarray, theta_deg, moments: int) -> np.ndarray:
 
 def column_gain(sinogram, theta_deg=None, *, mu: float | None = None, huber: float | None = 2.5, iterations: int = 4,
                 edge_frac: float = 0.15, order: int = 2, sort: bool | None = None, consistency: float = 13.0,
-                moments: int = 30, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                moments: int = 30, max_change: float | None = 0.25,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Column factors ``c`` (W,) that undo per-column gains of sinograms (method ``"gain"``).
 
     Minimises the robust roughness across columns of ``c * s`` plus, given the angles, the Helgason-Ludwig
@@ -255,6 +256,11 @@ def column_gain(sinogram, theta_deg=None, *, mu: float | None = None, huber: flo
         Weight of the consistency term (0: off), relative as in the module notes.
     moments : int
         Highest moment order n of the consistency term.
+    max_change : float or None
+        Refuse (ParameterError) factors that leave ``1 +- max_change`` on a column carrying signal: detector
+        and retrieval gains are a few per cent, so such a fit means the sinogram breaks the model (e.g. a
+        noisy retrieved phase with per-angle offsets: run ``--dc wings`` first, or use another filter).
+        None: no check.
     progress : callable(done, total), optional
         Called after each reweighting pass.
 
@@ -325,4 +331,13 @@ def column_gain(sinogram, theta_deg=None, *, mu: float | None = None, huber: flo
             break
         sigma = 1.4826 * float(np.median(np.abs(rr - np.median(rr)))) + 1e-300
         wts = np.minimum(w0, float(huber) * sigma / np.maximum(np.abs(r), 1e-300))
+    if max_change is not None:
+        sig = mass > 0.05 * mass.max()  # columns carrying signal (air columns stay near 1 through the prior)
+        lo, hi = float(c[sig].min()), float(c[sig].max())
+        if not (np.isfinite(c).all() and 1 - float(max_change) <= lo and hi <= 1 + float(max_change)):
+            raise ParameterError(
+                f"rings: the column-gain fit is implausible (factors {lo:.3g}..{hi:.3g}, more than "
+                f"{float(max_change):.0%} off 1): the sinogram does not look like small gains on consistent "
+                "projections; remove per-angle offsets first (--dc wings) or use another filter"
+            )
     return np.asarray(c, dtype=np.float64)
