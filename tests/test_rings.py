@@ -132,6 +132,10 @@ def test_stack_shape_and_errors(case):
     assert calls[-1] == (4, 4) and out.shape == stack.shape  # shared: one fit, progress per Huber pass
     with pytest.raises(ParameterError, match="angles"):
         remove_rings(stack, "gain", theta_deg=THETA[:10])
+    # a fit that leaves the factors more than max_change off 1 is refused, not applied (2 % gains need ~5 %)
+    with pytest.raises(ParameterError, match="implausible"):
+        remove_rings(sino * (1 + np.random.default_rng(0).normal(0, 0.02, sino.shape[-1])).astype(np.float32),
+                     "gain", theta_deg=THETA[:90], max_change=0.005)
     assert np.isfinite(remove_rings(sino, "gain", order=3)).all()
     with pytest.raises(ParameterError, match="order"):
         remove_rings(sino, "gain", order=7)
