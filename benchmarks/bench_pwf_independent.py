@@ -6,7 +6,8 @@ beads on a wooden stick crossing the field):
 
 - ``indep-beads``: the preset's diffuser, grains 0.5–3 µm, coverage 2 per layer;
 - ``fine``: grains 0.2–1 µm, coverage 4 per layer — the harsher diffuser with which the issue's failures
-  (calibration 20–30 % short, the FISTA schemes stopping far from the optimum) are reproduced.
+  (calibration 20–30 % short with the former estimator, the FISTA schemes stopping far from the optimum) are
+  reproduced.
 
 Metric: relative RMS phase error over the truth sample mask after matching the background (median of the
 phase difference outside the mask), as in the issue.  Every row states its iterations (gradient evaluations)
@@ -119,9 +120,10 @@ def run(quick: bool = False) -> str:
   noise, and the diffuser estimate is limited by model error (thick diffuser, bandwidth) instead. Filling the
   padding with the registered frames' speckle was tried and made it worse (the padded sample frame is
   edge-replicated, so real speckle there cannot match it).
-- `x_coh, y_coh / truth` is the coherence calibration (`retrieve/coherence.py`, default estimator) against the
-  simulator's total Gaussian blur; on the `fine` diffuser it reads 20–30 % short (see the calibration section
-  of docs/benchmarks.md and the README: give measured coherence lengths in `/geometry` when they are known).
+- `x_coh, y_coh / truth` is the coherence calibration (`retrieve/coherence.py`, default `screen` model: the
+  Fresnel speckle spectrum of a random phase screen fitted by its likelihood, results/calibration.md) against
+  the simulator's total Gaussian blur. The former `power-gaussian` default read 20–30 % short on the `fine`
+  diffuser, which cost the calibrated default 0.256 there (true lengths 0.184).
 """
     return section(TITLE, body + notes, "python benchmarks/bench_pwf_independent.py" + (" --quick" if quick else ""),
                    quick=quick)
