@@ -305,6 +305,21 @@ def _fast(xp, numba: bool) -> bool:
     return numba and xp is np and bool(_kernels())
 
 
+def sym3_adjugate(m):
+    """Adjugate and determinant of batched symmetric 3×3 matrices given by their 6 entries (00, 01, 02, 11, 12, 22).
+
+    Returns ``((c00, c01, c02, c11, c12, c22), det)``: the inverse is the adjugate / det (Cramer's rule).
+    """
+    a00, a01, a02, a11, a12, a22 = m
+    c00 = a11 * a22 - a12 * a12
+    c01 = a02 * a12 - a01 * a22
+    c02 = a01 * a12 - a02 * a11
+    c11 = a00 * a22 - a02 * a02
+    c12 = a01 * a02 - a00 * a12
+    c22 = a00 * a11 - a01 * a01
+    return (c00, c01, c02, c11, c12, c22), a00 * c00 + a01 * c01 + a02 * c02
+
+
 def normal_inverse(A, alpha: float, *, numba: bool = True, chunk_rows: int = 256):
     """``(AᵀA + Λ)⁻¹`` per pixel, ``(q, q, H, W)`` float32, accumulated and inverted in float64.
 
@@ -345,15 +360,8 @@ def _normal_inverse_xp(A, alpha: float, chunk_rows: int = 256):
         e = {(j, k): xp.einsum("np,np->p", Af[j], Af[k], dtype=np.float64)
              for j in range(3) for k in range(j, 3)}
         lam = alpha * np.maximum([float(xp.mean(e[(j, j)])) for j in range(3)], 1e-30)
-        a00, a01, a02 = e[(0, 0)] + lam[0], e[(0, 1)], e[(0, 2)]
-        a11, a12, a22 = e[(1, 1)] + lam[1], e[(1, 2)], e[(2, 2)] + lam[2]
-        c00 = a11 * a22 - a12 * a12
-        c01 = a02 * a12 - a01 * a22
-        c02 = a01 * a12 - a02 * a11
-        c11 = a00 * a22 - a02 * a02
-        c12 = a01 * a02 - a00 * a12
-        c22 = a00 * a11 - a01 * a01
-        det = a00 * c00 + a01 * c01 + a02 * c02
+        (c00, c01, c02, c11, c12, c22), det = sym3_adjugate(
+            (e[(0, 0)] + lam[0], e[(0, 1)], e[(0, 2)], e[(1, 1)] + lam[1], e[(1, 2)], e[(2, 2)] + lam[2]))
         inv = xp.where(xp.abs(det) > 1e-300, 1.0 / xp.where(xp.abs(det) > 1e-300, det, 1.0), 0.0)
         out = xp.stack([xp.stack([c00, c01, c02]), xp.stack([c01, c11, c12]), xp.stack([c02, c12, c22])])
         out = (out * inv).astype(np.float32).reshape(3, 3, H, W)

@@ -232,15 +232,10 @@ def warp(stack, ux, uy, *, order: int = 3, prefiltered: bool = False):
 
 def _solve3(m, b):
     """Batched 3×3 symmetric solve by the adjugate (Cramer), float64. m: 6 entries (00,01,02,11,12,22)."""
+    from xspeckle.retrieve.pixel_lsq import sym3_adjugate
+
     xp = B.get_xp(b[0])
-    a00, a01, a02, a11, a12, a22 = m
-    c00 = a11 * a22 - a12 * a12
-    c01 = a02 * a12 - a01 * a22
-    c02 = a01 * a12 - a02 * a11
-    c11 = a00 * a22 - a02 * a02
-    c12 = a01 * a02 - a00 * a12
-    c22 = a00 * a11 - a01 * a01
-    det = a00 * c00 + a01 * c01 + a02 * c02
+    (c00, c01, c02, c11, c12, c22), det = sym3_adjugate(m)
     ok = xp.abs(det) > 1e-30
     inv = xp.where(ok, 1.0 / xp.where(ok, det, 1.0), 0.0)
     x0 = (c00 * b[0] + c01 * b[1] + c02 * b[2]) * inv
